@@ -1,0 +1,125 @@
+//! Helpers shared by the CLI tests: run the real binary, read tables back.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+
+/// The repository root: pipelines and testdata paths are relative to it.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The outcome of one `run-pipeline` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A `run-pipeline` command run from the repository root, writing under `out`.
+pub fn cli(out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_run-pipeline"));
+    cmd.current_dir(repo_root())
+        .env("DATAFLOW_OUT", out)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `run-pipeline ARGS...` to completion.
+pub fn run(out: &Path, args: &[&str]) -> Run {
+    cli(out)
+        .args(args)
+        .output()
+        .expect("run-pipeline starts")
+        .into()
+}
+
+/// Writes `config` to a file in `dir` and returns its path.
+pub fn write_config(dir: &Path, name: &str, config: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, config).unwrap();
+    path.display().to_string()
+}
+
+/// Runs `sql` over a table registered as `t` and returns its pretty-printed rows.
+async fn query(ctx: SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The rows of the Delta table at `path` (latest version), via `sql` over `t`.
+pub async fn delta_rows(path: &Path, sql: &str) -> Vec<String> {
+    let table = delta_table(path).await;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    query(ctx, sql).await
+}
+
+/// Opens the Delta table at `path`.
+pub async fn delta_table(path: &Path) -> deltalake::DeltaTable {
+    let url = url::Url::from_directory_path(path.canonicalize().unwrap()).unwrap();
+    deltalake::open_table(url).await.unwrap()
+}
+
+/// The latest version of the Delta table at `path`, `None` if there is none.
+pub async fn delta_version(path: &Path) -> Option<i64> {
+    if !path.join("_delta_log").exists() {
+        return None;
+    }
+    delta_table(path).await.version().map(|v| v as i64)
+}
+
+/// The rows of the files at `path` (parquet, csv with header, or json).
+pub async fn file_rows(path: &Path, format: &str, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let options = if format == "csv" {
+        "OPTIONS ('format.has_header' 'true')"
+    } else {
+        ""
+    };
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE t STORED AS {format} LOCATION '{}/' {options}",
+        path.display()
+    );
+    ctx.sql(&ddl).await.unwrap();
+    query(ctx, sql).await
+}
+
+/// Lines of a pretty-printed table, for comparison with `query` results.
+pub fn table(lines: &[&str]) -> Vec<String> {
+    lines.iter().map(|l| l.to_string()).collect()
+}

@@ -1,0 +1,103 @@
+//! Runs that fail part-way, or are interrupted, leave every table as it was.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn a_failing_load_leaves_the_other_tables_unchanged() {
+    let out = tempfile::tempdir().unwrap();
+    run(out.path(), &["run", "pipelines/orders-daily.json"]).assert_ok();
+    let totals = out.path().join("totals");
+    assert_eq!(delta_version(&totals).await, Some(0));
+
+    // Same totals table (would become version 1), plus a second load that
+    // fails on an unparseable row while the first has staged its files.
+    let config = r#"{"name": "partial", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/*.csv", "header": true, "registerAs": "orders"}},
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id", "registerAs": "totals"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/totals", "saveMode": "overwrite", "partitionBy": ["customer_id"]}},
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders-bad-row.csv", "header": true,
+            "schema": "order_id BIGINT, customer_id BIGINT, amount DOUBLE, status VARCHAR, order_date DATE", "registerAs": "bad"}},
+        {"type": "load", "method": "toDeltaLake", "input": "bad", "config": {"path": "${DATAFLOW_OUT}/bad", "saveMode": "append"}}
+    ]}"#;
+    let file = write_config(out.path(), "partial.json", config);
+    let result = run(out.path(), &["run", &file]);
+    assert_eq!(result.code, 1, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("steps[4] (toDeltaLake) failed"),
+        "the failing step is named:\n{}",
+        result.stderr
+    );
+    assert!(
+        result.stderr.contains("oops"),
+        "the cause is shown:\n{}",
+        result.stderr
+    );
+    assert!(!result.stderr.contains("panicked"), "{}", result.stderr);
+    assert_eq!(
+        delta_version(&totals).await,
+        Some(0),
+        "totals stays at its previous version"
+    );
+    assert_eq!(
+        delta_version(&out.path().join("bad")).await,
+        None,
+        "no table was created"
+    );
+}
+
+#[test]
+fn missing_input_is_a_clear_runtime_error() {
+    let out = tempfile::tempdir().unwrap();
+    let result = run(
+        out.path(),
+        &[
+            "run",
+            "pipelines/orders-daily.json",
+            "--set",
+            "steps[0].config.path=testdata/nope/*.csv",
+        ],
+    );
+    assert_eq!(result.code, 1, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("steps[0] (fromFiles as \"orders\") failed: no input files: nothing matches \"testdata/nope/*.csv\""),
+        "{}",
+        result.stderr
+    );
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_without_committing() {
+    let out = tempfile::tempdir().unwrap();
+    // Large enough to still be running when the signal arrives.
+    let config = r#"{"name": "slow", "steps": [
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT value AS id, value * 2 AS doubled, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 300000000)"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/slow"}}
+    ]}"#;
+    let file = write_config(out.path(), "slow.json", config);
+    let child = cli(out.path())
+        .args(["run", &file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert_eq!(
+        delta_version(&out.path().join("slow")).await,
+        None,
+        "nothing committed"
+    );
+}

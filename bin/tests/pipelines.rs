@@ -1,0 +1,224 @@
+//! Every example config in pipelines/ runs here and its output is checked
+//! row by row.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn every_example_pipeline_has_a_test() {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "customer-report.json",
+            "orders-cleanup.json",
+            "orders-daily.json",
+            "totals-report.json"
+        ],
+        "a new example pipeline needs a test in this file"
+    );
+}
+
+#[tokio::test]
+async fn orders_daily_then_totals_report() {
+    let out = tempfile::tempdir().unwrap();
+    let first = run(out.path(), &["run", "pipelines/orders-daily.json"]);
+    first.assert_ok();
+    assert!(
+        first.stderr.contains("pipeline \"orders-daily\" succeeded"),
+        "{}",
+        first.stderr
+    );
+    let totals = out.path().join("totals");
+    assert!(
+        totals.join("customer_id=101").is_dir(),
+        "partitioned by customer_id"
+    );
+    let expected = table(&[
+        "+-------------+--------+",
+        "| customer_id | total  |",
+        "+-------------+--------+",
+        "| 101         | 42.0   |",
+        "| 102         | 27.25  |",
+        "| 103         | 100.75 |",
+        "| 104         | 60.0   |",
+        "| 105         | 33.25  |",
+        "+-------------+--------+",
+    ]);
+    let sql = "SELECT customer_id, total FROM t ORDER BY customer_id";
+    assert_eq!(delta_rows(&totals, sql).await, expected);
+    assert_eq!(delta_version(&totals).await, Some(0));
+
+    // overwrite: a second run replaces the rows, as version 1
+    run(out.path(), &["run", "pipelines/orders-daily.json"]).assert_ok();
+    assert_eq!(delta_version(&totals).await, Some(1));
+    assert_eq!(delta_rows(&totals, sql).await, expected);
+
+    let report = run(out.path(), &["run", "pipelines/totals-report.json"]);
+    report.assert_ok();
+    let shown = table(&[
+        "+-------------+--------+",
+        "| customer_id | total  |",
+        "+-------------+--------+",
+        "| 103         | 100.75 |",
+        "| 104         | 60.0   |",
+        "| 101         | 42.0   |",
+        "+-------------+--------+",
+    ]);
+    assert_eq!(
+        report
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        shown
+    );
+}
+
+#[tokio::test]
+async fn orders_cleanup_writes_typed_parquet() {
+    let out = tempfile::tempdir().unwrap();
+    let result = run(out.path(), &["run", "pipelines/orders-cleanup.json"]);
+    result.assert_ok();
+    let dir = out.path().join("clean_orders");
+    assert!(dir.join("day=2026-11-01").is_dir() && dir.join("day=2026-11-02").is_dir());
+    let rows = file_rows(
+        &dir,
+        "parquet",
+        "SELECT order_id, customer_id, amount, amount_cents, day FROM t ORDER BY order_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        table(&[
+            "+----------+-------------+--------+--------------+------------+",
+            "| order_id | customer_id | amount | amount_cents | day        |",
+            "+----------+-------------+--------+--------------+------------+",
+            "| 1        | 101         | 25.50  | 2550.00      | 2026-11-01 |",
+            "| 2        | 102         | 10.00  | 1000.00      | 2026-11-01 |",
+            "| 4        | 103         | 100.00 | 10000.00     | 2026-11-01 |",
+            "| 5        | 102         | 7.25   | 725.00       | 2026-11-01 |",
+            "| 6        | 101         | 12.00  | 1200.00      | 2026-11-02 |",
+            "| 7        | 104         | 60.00  | 6000.00      | 2026-11-02 |",
+            "| 8        | 103         | 0.75   | 75.00        | 2026-11-02 |",
+            "| 9        | 105         | 33.25  | 3325.00      | 2026-11-02 |",
+            "+----------+-------------+--------+--------------+------------+",
+        ])
+    );
+    assert!(
+        result.stderr.contains("load steps[7] (toFiles)"),
+        "{}",
+        result.stderr
+    );
+}
+
+#[tokio::test]
+async fn customer_report_caches_once_and_feeds_three_loads() {
+    let out = tempfile::tempdir().unwrap();
+    let result = run(out.path(), &["run", "pipelines/customer-report.json"]);
+    result.assert_ok();
+    assert!(
+        result
+            .stderr
+            .contains("cached MEMORY_AND_DISK (computed 1x)"),
+        "the cached join is computed once for both consumers:\n{}",
+        result.stderr
+    );
+    let by_country = table(&[
+        "+---------+--------+---------+",
+        "| country | orders | revenue |",
+        "+---------+--------+---------+",
+        "| FR      | 1      | 33.25   |",
+        "| GB      | 2      | 37.5    |",
+        "| US      | 5      | 128.0   |",
+        "+---------+--------+---------+",
+    ]);
+    assert_eq!(
+        result
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        by_country
+    );
+    let csv = file_rows(
+        &out.path().join("revenue_by_country"),
+        "csv",
+        "SELECT country, orders, revenue FROM t ORDER BY country",
+    )
+    .await;
+    assert_eq!(csv, by_country);
+    let paid = out.path().join("paid_orders");
+    let rows = delta_rows(
+        &paid,
+        "SELECT order_id, amount, name, country FROM t ORDER BY order_id, amount",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        table(&[
+            "+----------+--------+--------------------+---------+",
+            "| order_id | amount | name               | country |",
+            "+----------+--------+--------------------+---------+",
+            "| 1        | 25.5   | Ada Lovelace       | GB      |",
+            "| 2        | 10.0   | Grace Hopper       | US      |",
+            "| 2        | 10.0   | Grace Hopper       | US      |",
+            "| 4        | 100.0  | Katherine Johnson  | US      |",
+            "| 5        | 7.25   | Grace Hopper       | US      |",
+            "| 6        | 12.0   | Ada Lovelace       | GB      |",
+            "| 8        | 0.75   | Katherine Johnson  | US      |",
+            "| 9        | 33.25  | Émilie du Châtelet | FR      |",
+            "+----------+--------+--------------------+---------+",
+        ])
+    );
+    // append: a second run adds the same rows again as version 1
+    run(out.path(), &["run", "pipelines/customer-report.json"]).assert_ok();
+    assert_eq!(delta_version(&paid).await, Some(1));
+    assert_eq!(
+        delta_rows(&paid, "SELECT count(*) AS n FROM t").await[3],
+        "| 16 |"
+    );
+}
+
+#[test]
+fn explain_shows_logical_and_physical_plans() {
+    let out = tempfile::tempdir().unwrap();
+    let result = run(out.path(), &["explain", "pipelines/customer-report.json"]);
+    result.assert_ok();
+    for needle in [
+        "Logical plan:",
+        "Physical plan:",
+        "cache MEMORY_AND_DISK",
+        "steps[4] (toDeltaLake) <- paid_cached",
+        "HashJoinExec",
+    ] {
+        assert!(
+            result.stdout.contains(needle),
+            "missing {needle}:\n{}",
+            result.stdout
+        );
+    }
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().next().is_none(),
+        "explain writes nothing"
+    );
+}
+
+#[test]
+fn validate_accepts_every_example() {
+    let out = tempfile::tempdir().unwrap();
+    for name in ["orders-daily", "orders-cleanup", "customer-report"] {
+        let result = run(out.path(), &["validate", &format!("pipelines/{name}.json")]);
+        result.assert_ok();
+        assert!(result.stdout.contains("valid"), "{}", result.stdout);
+    }
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().next().is_none(),
+        "validate writes nothing"
+    );
+}

@@ -1,0 +1,274 @@
+//! `fromDeltaLake` and `toDeltaLake`, on delta-rs.
+//!
+//! Writes go through delta-rs's `WriteBuilder` (parallel Parquet writing,
+//! partitioning, schema evolution, overwrite) over a [`GatedLogStore`], so
+//! the commit waits for the run's other sinks.
+
+mod gated_store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dataflow_engine::commit::CommitGate;
+use dataflow_engine::connector::{BoxError, Sink, SinkReport, Source};
+use dataflow_engine::spec::StepInfo;
+use datafusion::catalog::TableProvider;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionState;
+use deltalake::operations::write::{SchemaMode, WriteBuilder};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode as DeltaSaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{ConnectorError, Result};
+use crate::save_mode::SaveMode;
+use gated_store::GatedLogStore;
+
+/// The table URL for a config `path`: a local path (made absolute) or a URL.
+fn table_url(path: &str) -> Result<Url> {
+    if path.contains("://") {
+        return Url::parse(path)
+            .map_err(|e| ConnectorError::Rejected(format!("\"{path}\" is not a valid URL: {e}")));
+    }
+    let absolute =
+        std::path::absolute(path).map_err(crate::error::io(format!("resolving {path}")))?;
+    Url::from_directory_path(&absolute)
+        .map_err(|_| ConnectorError::Rejected(format!("\"{path}\" is not a valid table path")))
+}
+
+/// Opens the table at `path`, or `None` when no Delta table is there yet.
+async fn open_existing(path: &str, version: Option<u64>) -> Result<Option<DeltaTable>> {
+    let mut table = DeltaTableBuilder::from_url(table_url(path)?)?.build()?;
+    if !table.log_store().is_delta_table_location().await? {
+        return Ok(None);
+    }
+    match version {
+        Some(v) => table.load_version(v).await?,
+        None => table.load().await?,
+    }
+    Ok(Some(table))
+}
+
+/// `fromDeltaLake` config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FromDeltaConfig {
+    /// Table location.
+    path: String,
+    /// Read this version instead of the latest (time travel).
+    version_as_of: Option<u64>,
+}
+
+#[derive(Debug)]
+struct DeltaSource {
+    config: FromDeltaConfig,
+}
+
+/// Builds a `fromDeltaLake` source from its step config.
+pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>> {
+    Ok(Arc::new(DeltaSource {
+        config: info.parse()?,
+    }))
+}
+
+#[async_trait]
+impl Source for DeltaSource {
+    async fn table_provider(
+        &self,
+        state: &SessionState,
+    ) -> Result<Arc<dyn TableProvider>, BoxError> {
+        let path = &self.config.path;
+        let table = open_existing(path, self.config.version_as_of)
+            .await
+            .map_err(|e| {
+                ConnectorError::Rejected(format!("cannot open Delta table \"{path}\": {e}"))
+            })?
+            .ok_or_else(|| {
+                ConnectorError::Rejected(format!("no Delta table at \"{path}\" (no _delta_log)"))
+            })?;
+        table.update_datafusion_session(state)?;
+        Ok(table.table_provider().await?)
+    }
+}
+
+/// `toDeltaLake` config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ToDeltaConfig {
+    /// Table location; created on first write.
+    path: String,
+    /// errorIfExists (default), append, overwrite or ignore.
+    #[serde(default)]
+    save_mode: SaveMode,
+    /// Partition columns for a new table (must match an existing table's).
+    #[serde(default)]
+    partition_by: Vec<String>,
+    /// Add columns the table lacks instead of failing.
+    #[serde(default)]
+    merge_schema: bool,
+    /// With saveMode overwrite: replace the table's schema with the input's.
+    #[serde(default)]
+    overwrite_schema: bool,
+    /// Target size of data files in bytes (delta-rs default: 100 MiB).
+    target_file_size: Option<u64>,
+}
+
+#[derive(Debug)]
+struct DeltaSink {
+    config: ToDeltaConfig,
+}
+
+/// Builds a `toDeltaLake` sink from its step config.
+pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
+    let config: ToDeltaConfig = info.parse()?;
+    if config.overwrite_schema && config.save_mode != SaveMode::Overwrite {
+        return Err(info.error("overwriteSchema", "only applies with saveMode overwrite"));
+    }
+    if config.merge_schema && config.overwrite_schema {
+        return Err(info.error(
+            "mergeSchema",
+            "choose one of mergeSchema and overwriteSchema",
+        ));
+    }
+    if config.target_file_size == Some(0) {
+        return Err(info.error("targetFileSize", "must be positive"));
+    }
+    Ok(Arc::new(DeltaSink { config }))
+}
+
+impl DeltaSink {
+    fn path(&self) -> &str {
+        &self.config.path
+    }
+
+    /// Fails early, with a hint, when the input has columns the table lacks
+    /// and schema evolution was not asked for.
+    fn check_schema(&self, table: &DeltaTable, input: &DataFrame) -> Result<()> {
+        if self.config.merge_schema || self.config.overwrite_schema {
+            return Ok(());
+        }
+        let schema = table.snapshot()?.schema();
+        let extra: Vec<&str> = input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|name| schema.field(name).is_none())
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::Rejected(format!(
+            "the input has columns the Delta table at \"{}\" does not: {}. Help: set mergeSchema: true to add them{}",
+            self.path(),
+            extra.join(", "),
+            if self.config.save_mode == SaveMode::Overwrite {
+                ", or overwriteSchema: true to replace the schema"
+            } else {
+                ""
+            }
+        )))
+    }
+
+    fn writer_properties() -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build()
+    }
+
+    async fn write_table(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport> {
+        let existing = open_existing(self.path(), None).await?;
+        let mode = match (self.config.save_mode, &existing) {
+            (SaveMode::ErrorIfExists, Some(_)) => {
+                return Err(ConnectorError::Rejected(format!(
+                    "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite or ignore",
+                    self.path()
+                )))
+            }
+            (SaveMode::Ignore, Some(table)) => {
+                gate.ready().await?;
+                return Ok(SinkReport {
+                    detail: format!("skipped: table exists at version {} (saveMode ignore)", table.version().unwrap_or_default()),
+                    ..Default::default()
+                });
+            }
+            (SaveMode::Append, _) => DeltaSaveMode::Append,
+            (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
+            (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
+        };
+        let table = match existing {
+            Some(table) => {
+                self.check_schema(&table, &input)?;
+                table
+            }
+            None => DeltaTableBuilder::from_url(table_url(self.path())?)?.build()?,
+        };
+        let snapshot = table.snapshot().ok().map(|s| s.snapshot().clone());
+        let log_store = GatedLogStore::wrap(table.log_store(), gate);
+        let (state, plan) = input.into_parts();
+        let mut builder = WriteBuilder::new(log_store, snapshot)
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(state))
+            .with_save_mode(mode)
+            .with_writer_properties(Self::writer_properties());
+        if !self.config.partition_by.is_empty() {
+            builder = builder.with_partition_columns(self.config.partition_by.clone());
+        }
+        if self.config.merge_schema {
+            builder = builder.with_schema_mode(SchemaMode::Merge);
+        } else if self.config.overwrite_schema {
+            builder = builder.with_schema_mode(SchemaMode::Overwrite);
+        }
+        if let Some(size) = self
+            .config
+            .target_file_size
+            .and_then(std::num::NonZeroU64::new)
+        {
+            builder = builder.with_target_file_size(Some(size));
+        }
+        let written = builder.await?;
+        let version = written.version().unwrap_or_default();
+        let (rows, bytes) = commit_stats(&written, version).await?;
+        Ok(SinkReport {
+            rows,
+            bytes,
+            detail: format!("delta version {version}"),
+        })
+    }
+}
+
+/// Rows and bytes added by commit `version`, read back from its log entry.
+async fn commit_stats(table: &DeltaTable, version: u64) -> Result<(u64, u64)> {
+    let Some(entry) = table.log_store().read_commit_entry(version).await? else {
+        return Ok((0, 0));
+    };
+    let (mut rows, mut bytes, mut stats_rows) = (None, 0u64, 0u64);
+    for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let action: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| ConnectorError::Rejected(e.to_string()))?;
+        if let Some(add) = action.get("add") {
+            bytes += add["size"].as_u64().unwrap_or(0);
+            let stats: Option<serde_json::Value> = add["stats"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok());
+            stats_rows += stats.and_then(|s| s["numRecords"].as_u64()).unwrap_or(0);
+        }
+        if let Some(n) = action
+            .pointer("/commitInfo/operationMetrics/num_added_rows")
+            .and_then(|v| v.as_u64())
+        {
+            rows = Some(n);
+        }
+    }
+    Ok((rows.unwrap_or(stats_rows), bytes))
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    async fn write(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport, BoxError> {
+        Ok(self.write_table(input, gate).await?)
+    }
+}

@@ -1,0 +1,40 @@
+//! The connectors' error type.
+
+use datafusion::error::DataFusionError;
+use deltalake::DeltaTableError;
+
+/// Errors raised by sources and sinks at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Planning or execution failed inside DataFusion.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// delta-rs reported a failure.
+    #[error(transparent)]
+    Delta(#[from] DeltaTableError),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data or the target does not allow the operation; the message
+    /// says why and how to proceed.
+    #[error("{0}")]
+    Rejected(String),
+    /// Another sink failed or the run was cancelled; nothing was committed.
+    #[error(transparent)]
+    Abandoned(#[from] dataflow_engine::commit::CommitAbandoned),
+}
+
+/// Result alias for connector code.
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with the operation and path it concerns.
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ConnectorError {
+    let context = context.into();
+    move |source| ConnectorError::Io { context, source }
+}

@@ -1,0 +1,26 @@
+//! dataflow-connectors: the sources and sinks behind the pipeline methods.
+//!
+//! Each connector is one module with its typed config; [`registry`] is the
+//! one place that maps method names to them.
+
+mod console;
+mod delta;
+mod error;
+mod files;
+mod save_mode;
+
+use dataflow_engine::connector::Registry;
+use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
+
+pub use error::ConnectorError;
+
+/// Every extract and load method, by name.
+pub fn registry() -> Registry {
+    Registry::new()
+        .source("fromFiles", files::source)
+        .source("fromDeltaLake", delta::source)
+        .sink("toFiles", files::sink)
+        .sink("toDeltaLake", delta::sink)
+        .sink("toConsole", console::sink)
+        .extension_planner(DeltaExtensionPlanner::new())
+}

@@ -1,0 +1,222 @@
+//! `cache` steps: a relation computed at most once per run and shared by all
+//! its consumers, in memory or in local Arrow IPC files.
+//!
+//! The cached relation is a [`StreamingTable`] whose partitions wait on one
+//! shared computation; nothing is computed until a sink first reads it.
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::TableProvider;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream_partitioned;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+/// Where cached data lives, named as in Spark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum StorageLevel {
+    /// Record batches held in memory.
+    #[default]
+    #[serde(rename = "MEMORY", alias = "MEMORY_ONLY")]
+    Memory,
+    /// Record batches written to local Arrow IPC files and read back as
+    /// needed, for data larger than memory.
+    #[serde(rename = "MEMORY_AND_DISK", alias = "DISK_ONLY")]
+    MemoryAndDisk,
+}
+
+impl fmt::Display for StorageLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageLevel::Memory => "MEMORY",
+            StorageLevel::MemoryAndDisk => "MEMORY_AND_DISK",
+        })
+    }
+}
+
+/// The materialized data, one entry per output partition.
+enum Materialized {
+    Memory(Vec<Vec<RecordBatch>>),
+    Disk {
+        /// Keeps the files alive for the run.
+        _dir: tempfile::TempDir,
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+/// Shared state of one cached relation.
+pub struct CacheState {
+    plan: LogicalPlan,
+    state: SessionState,
+    level: StorageLevel,
+    partitions: usize,
+    data: OnceCell<Materialized>,
+    computations: AtomicUsize,
+    rows: AtomicU64,
+}
+
+impl fmt::Debug for CacheState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheState")
+            .field("level", &self.level)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl CacheState {
+    /// How many times the input was computed (0 or 1 in a healthy run).
+    pub fn computations(&self) -> usize {
+        self.computations.load(Ordering::Relaxed)
+    }
+
+    /// Rows held by the cache once computed.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// The storage level.
+    pub fn level(&self) -> StorageLevel {
+        self.level
+    }
+
+    async fn materialize(&self, task: Arc<TaskContext>) -> Result<&Materialized> {
+        self.data
+            .get_or_try_init(|| async {
+                self.computations.fetch_add(1, Ordering::Relaxed);
+                let physical = self.state.create_physical_plan(&self.plan).await?;
+                let streams = execute_stream_partitioned(physical, task)?;
+                let data = match self.level {
+                    StorageLevel::Memory => self.collect_memory(streams).await?,
+                    StorageLevel::MemoryAndDisk => self.collect_disk(streams).await?,
+                };
+                Ok::<_, DataFusionError>(data)
+            })
+            .await
+    }
+
+    async fn collect_memory(
+        &self,
+        streams: Vec<SendableRecordBatchStream>,
+    ) -> Result<Materialized> {
+        let collected =
+            futures::future::try_join_all(streams.into_iter().map(|s| s.try_collect::<Vec<_>>()))
+                .await?;
+        let mut buckets = vec![Vec::new(); self.partitions];
+        for (i, batches) in collected.into_iter().enumerate() {
+            for batch in batches {
+                self.rows
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                buckets[i % self.partitions].push(batch);
+            }
+        }
+        Ok(Materialized::Memory(buckets))
+    }
+
+    async fn collect_disk(&self, streams: Vec<SendableRecordBatchStream>) -> Result<Materialized> {
+        let dir = tempfile::Builder::new()
+            .prefix("dataflow-cache-")
+            .tempdir()?;
+        let writes = streams.into_iter().enumerate().map(|(i, mut stream)| {
+            let path = dir.path().join(format!("part-{i}.arrow"));
+            async move {
+                let mut writer =
+                    FileWriter::try_new(BufWriter::new(File::create(&path)?), &stream.schema())?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    self.rows
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    writer.write(&batch)?;
+                }
+                writer.finish()?;
+                Ok::<_, DataFusionError>(path)
+            }
+        });
+        let files = futures::future::try_join_all(writes).await?;
+        Ok(Materialized::Disk { _dir: dir, files })
+    }
+}
+
+/// One partition of the cached relation as seen by a consumer.
+#[derive(Debug)]
+struct CachePartition {
+    cache: Arc<CacheState>,
+    schema: SchemaRef,
+    index: usize,
+}
+
+impl PartitionStream for CachePartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, task: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let cache = self.cache.clone();
+        let index = self.index;
+        let batches = futures::stream::once(async move {
+            let batches: Vec<Result<RecordBatch>> = match cache.materialize(task).await? {
+                Materialized::Memory(buckets) => buckets[index].iter().cloned().map(Ok).collect(),
+                Materialized::Disk { files, .. } => files
+                    .iter()
+                    .skip(index)
+                    .step_by(cache.partitions)
+                    .map(|path| {
+                        FileReader::try_new(File::open(path)?, None).map_err(DataFusionError::from)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .flat_map(|reader| reader.map(|b| b.map_err(DataFusionError::from)))
+                    .collect(),
+            };
+            Ok::<_, DataFusionError>(futures::stream::iter(batches))
+        })
+        .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
+    }
+}
+
+/// Wraps `plan` in a cache; returns the table to read it through and the
+/// shared state (for the run summary).
+pub(crate) fn cached_table(
+    plan: LogicalPlan,
+    state: SessionState,
+    level: StorageLevel,
+) -> Result<(Arc<dyn TableProvider>, Arc<CacheState>)> {
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let partitions = state.config().target_partitions().max(1);
+    let cache = Arc::new(CacheState {
+        plan,
+        state,
+        level,
+        partitions,
+        data: OnceCell::new(),
+        computations: AtomicUsize::new(0),
+        rows: AtomicU64::new(0),
+    });
+    let streams = (0..partitions)
+        .map(|index| {
+            Arc::new(CachePartition {
+                cache: cache.clone(),
+                schema: schema.clone(),
+                index,
+            }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    let table = StreamingTable::try_new(schema, streams)?;
+    Ok((Arc::new(table), cache))
+}

@@ -1,0 +1,283 @@
+//! Compiles a pipeline spec into one DataFusion plan DAG: every step becomes
+//! a relation (registered as a view under its `registerAs` name), every load
+//! step a sink fed by a logical plan over those relations.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::{QueryPlanner, SessionConfig, SessionContext};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{displayable, ExecutionPlan};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+use crate::cache::{cached_table, CacheState, StorageLevel};
+use crate::connector::{Registry, Sink};
+use crate::error::{Error, Result, StepRef};
+use crate::spec::{PipelineSpec, StepInfo, StepKind};
+use crate::transform;
+
+/// A load step ready to run: its sink and the plan that feeds it.
+#[derive(Debug)]
+pub struct Load {
+    /// Which step this is.
+    pub step: StepRef,
+    /// The relation it writes (a name, or the previous step).
+    pub input_name: String,
+    /// The sink built from the step's config.
+    pub sink: Arc<dyn Sink>,
+    /// The plan producing the rows to write.
+    pub input: DataFrame,
+}
+
+/// A cached relation and the step that asked for it.
+#[derive(Debug)]
+pub struct Cached {
+    /// The step whose output is cached.
+    pub step: StepRef,
+    /// Shared state: computation count, rows.
+    pub state: Arc<CacheState>,
+    /// The plan computed into the cache.
+    pub plan: LogicalPlan,
+}
+
+/// A compiled pipeline: nothing has run, nothing has been written.
+pub struct Pipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// Every step, in config order.
+    pub steps: Vec<(StepRef, StepKind)>,
+    /// The load steps, in config order.
+    pub loads: Vec<Load>,
+    /// The cached relations, in config order.
+    pub caches: Vec<Cached>,
+    ctx: SessionContext,
+}
+
+/// The physical planner: DataFusion's, plus connectors' extension nodes.
+struct PipelinePlanner {
+    extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PipelinePlanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PipelinePlanner({} extension planners)",
+            self.extensions.len()
+        )
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for PipelinePlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(self.extensions.clone())
+            .create_physical_plan(plan, session)
+            .await
+    }
+}
+
+/// The DataFusion session every pipeline runs in. Identifiers are
+/// case-sensitive as written (no lower-casing), matching column names in
+/// files and tables the way Spark users expect.
+pub fn new_session(registry: &Registry) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_query_planner(Arc::new(PipelinePlanner {
+            extensions: registry.extension_planners().to_vec(),
+        }))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+impl Pipeline {
+    /// Validates and compiles `spec`. Sources are opened to learn their
+    /// schemas (a missing input fails here, exit 1); SQL and operators are
+    /// planned (a bad query fails here, exit 2). Nothing is executed.
+    pub async fn compile(spec: &PipelineSpec, registry: &Registry) -> Result<Pipeline> {
+        let ctx = new_session(registry);
+        let infos = spec.step_infos()?;
+        let mut registered: HashMap<String, DataFrame> = HashMap::new();
+        let mut previous: Option<(String, DataFrame)> = None;
+        let mut steps = Vec::new();
+        let mut loads = Vec::new();
+        let mut caches = Vec::new();
+
+        for info in infos {
+            steps.push((info.step.clone(), info.kind));
+            let input = resolve_input(&info, &registered, &previous)?;
+            let (output, cache) = match info.kind {
+                StepKind::Extract => {
+                    let factory = registry
+                        .source_factory(&info.step.method)
+                        .ok_or_else(|| unknown_method(&info, &registry.source_methods()))?;
+                    let source = factory(&info)?;
+                    let provider = source
+                        .table_provider(&ctx.state())
+                        .await
+                        .map_err(|e| Error::from_connector(&info.step, e))?;
+                    (ctx.read_table(provider)?, None)
+                }
+                StepKind::Transform => {
+                    let out = transform::apply(&ctx, &info, input.map(|(_, df)| df)).await?;
+                    (out.frame, out.cache)
+                }
+                StepKind::Load => {
+                    let factory = registry
+                        .sink_factory(&info.step.method)
+                        .ok_or_else(|| unknown_method(&info, &registry.sink_methods()))?;
+                    let sink = factory(&info)?;
+                    let (input_name, input) = input.ok_or_else(|| {
+                        Error::config(
+                            format!("steps[{}].input", info.step.index),
+                            Some(info.step.clone()),
+                            "nothing to load: no step precedes this one; name one with \"input\"",
+                        )
+                    })?;
+                    loads.push(Load {
+                        step: info.step.clone(),
+                        input_name,
+                        sink,
+                        input,
+                    });
+                    continue;
+                }
+            };
+            let level = cache.or(info.cache.then_some(StorageLevel::Memory));
+            let output = match level {
+                Some(level) => {
+                    let plan = output.logical_plan().clone();
+                    let (table, state) = cached_table(plan.clone(), ctx.state(), level)?;
+                    caches.push(Cached {
+                        step: info.step.clone(),
+                        state,
+                        plan,
+                    });
+                    ctx.read_table(table)?
+                }
+                None => output,
+            };
+            let label = match &info.step.name {
+                Some(name) => {
+                    ctx.register_table(name.as_str(), output.clone().into_view())?;
+                    registered.insert(name.clone(), output.clone());
+                    name.clone()
+                }
+                None => format!("steps[{}]", info.step.index),
+            };
+            previous = Some((label, output));
+        }
+        Ok(Pipeline {
+            name: spec.name.clone(),
+            steps,
+            loads,
+            caches,
+            ctx,
+        })
+    }
+
+    /// The session the pipeline runs in.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The state of the session, for physical planning.
+    pub fn state(&self) -> SessionState {
+        self.ctx.state()
+    }
+
+    /// Renders the optimized logical plan and the physical plan of every
+    /// load (and every cached relation), as `run-pipeline explain` prints.
+    pub async fn explain(&self) -> Result<String> {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "pipeline \"{}\": {} steps, {} load(s), {} cached relation(s)",
+            self.name,
+            self.steps.len(),
+            self.loads.len(),
+            self.caches.len()
+        );
+        for cached in &self.caches {
+            let _ = writeln!(
+                out,
+                "\n== {} cache {} ==",
+                cached.step,
+                cached.state.level()
+            );
+            self.explain_plan(&mut out, &cached.plan).await?;
+        }
+        for load in &self.loads {
+            let _ = writeln!(out, "\n== {} <- {} ==", load.step, load.input_name);
+            self.explain_plan(&mut out, load.input.logical_plan())
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn explain_plan(&self, out: &mut String, plan: &LogicalPlan) -> Result<()> {
+        let state = self.ctx.state();
+        let optimized = state.optimize(plan)?;
+        let physical = state.create_physical_plan(&optimized).await?;
+        let _ = writeln!(out, "Logical plan:\n{}", optimized.display_indent());
+        let _ = write!(
+            out,
+            "Physical plan:\n{}",
+            displayable(physical.as_ref()).indent(true)
+        );
+        Ok(())
+    }
+}
+
+fn resolve_input(
+    info: &StepInfo,
+    registered: &HashMap<String, DataFrame>,
+    previous: &Option<(String, DataFrame)>,
+) -> Result<Option<(String, DataFrame)>> {
+    match &info.input {
+        Some(name) => match registered.get(name) {
+            Some(df) => Ok(Some((name.clone(), df.clone()))),
+            None => {
+                let mut known: Vec<&str> = registered.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                Err(Error::config(
+                    format!("steps[{}].input", info.step.index),
+                    Some(info.step.clone()),
+                    format!(
+                        "no earlier step is registered as \"{name}\"; registered before this step: {}",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ))
+            }
+        },
+        None => Ok(previous.clone()),
+    }
+}
+
+fn unknown_method(info: &StepInfo, known: &[&str]) -> Error {
+    Error::config(
+        format!("steps[{}].method", info.step.index),
+        Some(info.step.clone()),
+        format!(
+            "unknown {} method \"{}\"; known: {}",
+            info.kind,
+            info.step.method,
+            known.join(", ")
+        ),
+    )
+}

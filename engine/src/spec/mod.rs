@@ -1,0 +1,357 @@
+//! The pipeline config: its serde model, loading with `${ENV}` and `--set`,
+//! and typed parsing of each step's `config` with JSON paths in errors.
+
+mod overrides;
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result, StepRef};
+pub use overrides::{apply_set, substitute_env};
+
+/// A whole pipeline as written in its JSON file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Pipeline name, used in summaries and logs.
+    pub name: String,
+    /// `batch` (run once) or `streaming`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// How a pipeline runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Run the plan once and commit.
+    #[default]
+    Batch,
+    /// Micro-batch loop (not available in this build).
+    Streaming,
+}
+
+/// The role of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// Reads data from a source.
+    Extract,
+    /// Derives a relation from earlier ones.
+    Transform,
+    /// Writes a relation to a sink.
+    Load,
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StepKind::Extract => "extract",
+            StepKind::Transform => "transform",
+            StepKind::Load => "load",
+        })
+    }
+}
+
+/// One step as written: `{"type", "method", "input"?, "config"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// extract, transform or load.
+    #[serde(rename = "type")]
+    pub kind: StepKind,
+    /// The operation, e.g. `fromFiles`, `sql`, `toDeltaLake`.
+    pub method: String,
+    /// The relation this step reads; defaults to the previous step's output.
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Method-specific options.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+}
+
+/// What every step knows about itself while being built: where it is in the
+/// config, and its method-specific options with the common keys taken out.
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    /// Index, method and registered name, for messages.
+    pub step: StepRef,
+    /// extract, transform or load.
+    pub kind: StepKind,
+    /// `input` as written, if any.
+    pub input: Option<String>,
+    /// `config.cache`: cache this step's output (`true` = MEMORY).
+    pub cache: bool,
+    /// The remaining method-specific config keys.
+    pub config: Map<String, Value>,
+}
+
+impl StepInfo {
+    /// JSON path of this step's config, e.g. `steps[2].config`.
+    pub fn config_path(&self) -> String {
+        format!("steps[{}].config", self.step.index)
+    }
+
+    /// JSON path of one key in this step's config.
+    pub fn key_path(&self, key: &str) -> String {
+        format!("{}.{key}", self.config_path())
+    }
+
+    /// A config error about `key` in this step.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::config(self.key_path(key), Some(self.step.clone()), message)
+    }
+
+    /// Deserializes the method-specific config into `T`, reporting the exact
+    /// JSON path of any unknown key, missing field or wrong type.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        let value = Value::Object(self.config.clone());
+        serde_path_to_error::deserialize(value).map_err(|err| {
+            let inner = err.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                self.config_path()
+            } else {
+                format!("{}.{inner}", self.config_path())
+            };
+            Error::config(path, Some(self.step.clone()), err.into_inner().to_string())
+        })
+    }
+}
+
+impl PipelineSpec {
+    /// Parses a pipeline from JSON text, applying `--set` overrides first and
+    /// `${VAR}` substitution second.
+    pub fn load(text: &str, sets: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut value: Value = serde_json::from_str(text).map_err(|err| {
+            Error::config(
+                format!("line {} column {}", err.line(), err.column()),
+                None,
+                format!("not valid JSON: {err}"),
+            )
+        })?;
+        for set in sets {
+            apply_set(&mut value, set)?;
+        }
+        substitute_env(&mut value, "", env)?;
+        let spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            Error::config(
+                if path == "." { "$".to_string() } else { path },
+                None,
+                err.into_inner().to_string(),
+            )
+        })?;
+        spec.check_shape()?;
+        Ok(spec)
+    }
+
+    /// Splits every step's common keys (`registerAs`, `cache`) from its
+    /// method-specific ones.
+    pub fn step_infos(&self) -> Result<Vec<StepInfo>> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| {
+                let mut config = step.config.clone();
+                let path = |key: &str| format!("steps[{index}].config.{key}");
+                let partial = StepRef {
+                    index,
+                    method: step.method.clone(),
+                    name: None,
+                };
+                let name = match config.remove("registerAs") {
+                    None => None,
+                    Some(Value::String(name)) => Some(name),
+                    Some(_) => {
+                        return Err(Error::config(
+                            path("registerAs"),
+                            Some(partial),
+                            "registerAs must be a string",
+                        ))
+                    }
+                };
+                let cache = match config.remove("cache") {
+                    None => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(_) => {
+                        return Err(Error::config(
+                            path("cache"),
+                            Some(partial),
+                            "cache must be true or false",
+                        ))
+                    }
+                };
+                Ok(StepInfo {
+                    step: StepRef {
+                        index,
+                        method: step.method.clone(),
+                        name,
+                    },
+                    kind: step.kind,
+                    input: step.input.clone(),
+                    cache,
+                    config,
+                })
+            })
+            .collect()
+    }
+
+    /// Structural checks that need no connector: non-empty, names valid and
+    /// unique, a load step present, `input` only where it means something.
+    fn check_shape(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            return Err(Error::config("name", None, "name must not be empty"));
+        }
+        if self.steps.is_empty() {
+            return Err(Error::config(
+                "steps",
+                None,
+                "a pipeline needs at least one step",
+            ));
+        }
+        if !self.steps.iter().any(|s| s.kind == StepKind::Load) {
+            return Err(Error::config(
+                "steps",
+                None,
+                "a pipeline needs at least one load step (toDeltaLake, toFiles, toConsole, ...)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for info in self.step_infos()? {
+            let step = &self.steps[info.step.index];
+            let at = |key: &str| format!("steps[{}].{key}", info.step.index);
+            if step.kind == StepKind::Extract && step.input.is_some() {
+                return Err(Error::config(
+                    at("input"),
+                    Some(info.step.clone()),
+                    "an extract step reads from its source, it takes no input",
+                ));
+            }
+            if step.kind == StepKind::Load && info.step.name.is_some() {
+                return Err(Error::config(
+                    at("config.registerAs"),
+                    Some(info.step.clone()),
+                    "a load step produces no relation to register",
+                ));
+            }
+            if let Some(name) = &info.step.name {
+                if !is_identifier(name) {
+                    return Err(Error::config(
+                        at("config.registerAs"),
+                        Some(info.step.clone()),
+                        format!("\"{name}\" is not a valid name: use letters, digits and _, not starting with a digit"),
+                    ));
+                }
+                if !names.insert(name.to_ascii_lowercase()) {
+                    return Err(Error::config(
+                        at("config.registerAs"),
+                        Some(info.step.clone()),
+                        format!("\"{name}\" is already registered by an earlier step"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(text: &str) -> Result<PipelineSpec> {
+        PipelineSpec::load(text, &[], &no_env)
+    }
+
+    fn config_path(err: Error) -> String {
+        match err {
+            Error::Config { path, .. } => path,
+            other => panic!("expected a config error, got {other}"),
+        }
+    }
+
+    const OK: &str = r#"{"name": "p", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "a.csv", "registerAs": "a", "cache": true}},
+        {"type": "load", "method": "toConsole", "config": {}}]}"#;
+
+    #[test]
+    fn parses_steps_and_common_keys() {
+        let spec = load(OK).unwrap();
+        assert_eq!(spec.mode, Mode::Batch);
+        let infos = spec.step_infos().unwrap();
+        assert_eq!(infos[0].step.name.as_deref(), Some("a"));
+        assert!(infos[0].cache);
+        assert_eq!(infos[0].config.len(), 1);
+        assert_eq!(infos[1].kind, StepKind::Load);
+    }
+
+    #[test]
+    fn reports_json_paths() {
+        let cases = [
+            (r#"{"name": "p", "steps": [], "extra": 1}"#, "extra"),
+            (
+                r#"{"name": "p", "steps": [{"type": "bogus", "method": "x"}]}"#,
+                "steps[0].type",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"type": "load", "method": "x", "confg": {}}]}"#,
+                "steps[0].confg",
+            ),
+            (r#"{"name": "p", "steps": []}"#, "steps"),
+            (r#"{"name": "", "steps": []}"#, "name"),
+            (r#"{"name": "p", "mode": "bulk", "steps": []}"#, "mode"),
+            (
+                r#"{"name": "p", "steps": [{"type": "extract", "method": "x", "config": {"registerAs": "1a"}}, {"type": "load", "method": "y"}]}"#,
+                "steps[0].config.registerAs",
+            ),
+            (
+                r#"{"name": "p", "steps": [{"type": "load", "method": "y", "config": {"cache": "yes"}}]}"#,
+                "steps[0].config.cache",
+            ),
+        ];
+        for (text, path) in cases {
+            assert_eq!(config_path(load(text).unwrap_err()), path, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let path = config_path(load("{\"name\": \n 'x'}").unwrap_err());
+        assert_eq!(path, "line 2 column 2");
+    }
+
+    #[test]
+    fn typed_parse_names_inner_path() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Cfg {
+            path: String,
+        }
+        let spec = load(OK).unwrap();
+        let mut info = spec.step_infos().unwrap().remove(0);
+        info.config.insert("pth".into(), Value::from(1));
+        let err = info.parse::<Cfg>().unwrap_err();
+        assert!(err.to_string().contains("unknown field `pth`"), "{err}");
+        assert_eq!(config_path(err), "steps[0].config.pth");
+    }
+}
