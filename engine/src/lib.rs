@@ -12,6 +12,7 @@ pub mod error;
 pub mod plan;
 pub mod run;
 pub mod schema;
+pub mod secret;
 pub mod spec;
 mod transform;
 
