@@ -157,3 +157,61 @@ async fn file_save_modes() {
         "no staging directories left behind: {leftovers:?}"
     );
 }
+
+#[tokio::test]
+async fn delta_merge_upserts_and_deletes() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("t");
+    let merge = |name: &str, file: &str, op: &str| {
+        let config = format!(
+            r#"{{"name": "merge", "steps": [
+                {{"type": "extract", "method": "fromFiles", "config": {{"path": "testdata/{file}", "header": true, "registerAs": "changes"}}}},
+                {{"type": "transform", "method": "sql", "config": {{"query": "SELECT order_id, amount, {op} AS op FROM changes"}}}},
+                {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/t", "saveMode": "merge",
+                    "mergeKeys": ["order_id"], "deleteCondition": "source.op = 'D'"}}}}]}}"#
+        );
+        write_config(out.path(), name, &config)
+    };
+    // First run: no table yet, so the rows are inserted and the table created.
+    run(
+        out.path(),
+        &[
+            "run",
+            &merge("first.json", "orders/orders-2026-11-01.csv", "'I'"),
+        ],
+    )
+    .assert_ok();
+    assert_eq!(delta_version(&path).await, Some(0));
+
+    // Second run: order 2 updated, 3 deleted, 10 inserted, 11 (a delete of
+    // an unknown key) ignored.
+    let result = run(
+        out.path(),
+        &["run", &merge("second.json", "orders-changes.csv", "op")],
+    );
+    result.assert_ok();
+    assert!(
+        result.stderr.contains("1 inserted, 1 updated, 1 deleted"),
+        "{}",
+        result.stderr
+    );
+    assert_eq!(delta_version(&path).await, Some(1));
+    assert_eq!(
+        delta_rows(
+            &path,
+            "SELECT order_id, amount, op FROM t ORDER BY order_id"
+        )
+        .await,
+        table(&[
+            "+----------+--------+----+",
+            "| order_id | amount | op |",
+            "+----------+--------+----+",
+            "| 1        | 25.5   | I  |",
+            "| 2        | 12.5   | U  |",
+            "| 4        | 100.0  | I  |",
+            "| 5        | 7.25   | I  |",
+            "| 10       | 99.0   | I  |",
+            "+----------+--------+----+",
+        ])
+    );
+}

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dataflow_engine::commit::CommitGate;
-use dataflow_engine::connector::{BoxError, Sink, SinkReport};
+use dataflow_engine::connector::{BoxError, Sink, SinkReport, WriteContext};
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::dataframe::DataFrame;
@@ -37,7 +36,7 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
 
 #[async_trait]
 impl Sink for ConsoleSink {
-    async fn write(&self, input: DataFrame, _gate: CommitGate) -> Result<SinkReport, BoxError> {
+    async fn write(&self, input: DataFrame, _ctx: WriteContext) -> Result<SinkReport, BoxError> {
         let n = self.config.num_rows;
         // One row more than shown tells whether the output was cut.
         let batches = input.limit(0, Some(n + 1))?.collect().await?;

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dataflow_engine::commit::CommitGate;
-use dataflow_engine::connector::{BoxError, Sink, SinkReport, Source};
+use dataflow_engine::connector::{BoxError, Sink, SinkReport, Source, WriteContext};
 use dataflow_engine::schema::parse_column_list;
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::array::{Array, UInt64Array};
@@ -348,6 +347,9 @@ struct FileSink {
 /// Builds a `toFiles` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     let config: ToFilesConfig = info.parse()?;
+    if config.save_mode == SaveMode::Merge {
+        return Err(info.error("saveMode", "merge needs a table format: use toDeltaLake"));
+    }
     if config.path.contains("://") && !config.path.starts_with("file://") {
         return Err(info.error(
             "path",
@@ -515,7 +517,7 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn write(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport, BoxError> {
+    async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
         let exists = has_data(&self.target);
         match self.config.save_mode {
             SaveMode::ErrorIfExists if exists => return Err(self.exists_error().into()),
@@ -534,7 +536,7 @@ impl Sink for FileSink {
         let outcome = async {
             let rows = self.write_staged(input, &staging).await?;
             let bytes = dir_size(&staging);
-            gate.ready().await?;
+            ctx.gate.ready().await?;
             self.commit(&staging)?;
             Ok::<_, ConnectorError>((rows, bytes))
         }

@@ -16,4 +16,7 @@ pub enum SaveMode {
     ErrorIfExists,
     /// Do nothing if the target exists.
     Ignore,
+    /// Upsert by key (Delta only): update matched rows, insert new ones,
+    /// delete matched rows meeting a condition.
+    Merge,
 }

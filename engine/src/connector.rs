@@ -1,7 +1,7 @@
 //! The seams between the engine and connectors: sources, sinks and the
 //! registry that maps method names to their constructors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,6 +18,36 @@ use crate::spec::StepInfo;
 /// Errors crossing the connector seam; the engine attaches the step.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A position a source reached (a high-water mark, a Kafka offset),
+/// recorded atomically with a sink's data: Delta's `txn` action, appId →
+/// version. Versions only grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// Globally unique name, `dataflow/<pipeline>/<step>/<source key>`.
+    pub app_id: String,
+    /// The position.
+    pub version: i64,
+}
+
+/// Where a resumable source left off in the last successful run.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// The source's keys (as in [`Source::resume_keys`]) → recorded version;
+    /// a key is absent when nothing was recorded for it.
+    pub marks: HashMap<String, i64>,
+    /// False when no sink of the pipeline can record marks: the source must
+    /// keep its own state (and is told of commits in [`Source::committed`]).
+    pub recorded_by_sinks: bool,
+}
+
+/// A source opened for one run: its table and the positions the run reaches.
+pub struct Opened {
+    /// The table to plan over.
+    pub provider: Arc<dyn TableProvider>,
+    /// Source key → position this run reads up to; committed with the data.
+    pub marks: Vec<(String, i64)>,
+}
+
 /// A batch source: hands the engine a DataFusion table to plan over.
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug {
@@ -26,6 +56,37 @@ pub trait Source: Send + Sync + fmt::Debug {
         &self,
         state: &SessionState,
     ) -> Result<Arc<dyn TableProvider>, BoxError>;
+
+    /// Keys of the positions this source resumes from; empty (the default)
+    /// for sources that read everything every run.
+    fn resume_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Opens the source for a run that resumes at `resume`. The default
+    /// ignores it and calls [`table_provider`](Self::table_provider).
+    async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+        let _ = resume;
+        Ok(Opened {
+            provider: self.table_provider(state).await?,
+            marks: Vec::new(),
+        })
+    }
+
+    /// Called after every sink committed, with the positions now durable.
+    async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {
+        let _ = marks;
+        Ok(())
+    }
+}
+
+/// What a sink is handed besides its rows.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    /// Wait here before making anything visible.
+    pub gate: CommitGate,
+    /// Positions to record atomically with the data, when the sink can.
+    pub marks: Vec<Mark>,
 }
 
 /// What a sink reports after a successful write.
@@ -44,11 +105,24 @@ pub struct SinkReport {
 /// A sink computes and stages everything it writes, then calls
 /// [`CommitGate::ready`] and makes its output visible only if that returns
 /// `Ok`: this is how a run that fails anywhere leaves every target unchanged.
+/// A sink that can commit atomically (Delta) records the run's [`Mark`]s in
+/// the same commit, and reports them back through
+/// [`recorded_marks`](Sink::recorded_marks) so sources resume there.
 #[async_trait]
 pub trait Sink: Send + Sync + fmt::Debug {
     /// Writes `input` (a plan over the pipeline's session) and commits after
-    /// the gate opens.
-    async fn write(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport, BoxError>;
+    /// the gate in `ctx` opens, recording `ctx.marks` if it can.
+    async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError>;
+
+    /// The versions this sink's target has recorded for `app_ids`; `None`
+    /// (the default) when the sink cannot record marks.
+    async fn recorded_marks(
+        &self,
+        app_ids: &[String],
+    ) -> Result<Option<HashMap<String, i64>>, BoxError> {
+        let _ = app_ids;
+        Ok(None)
+    }
 }
 
 /// Builds a source from its step config (errors carry the JSON path).

@@ -18,7 +18,7 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 use crate::cache::{cached_table, CacheState, StorageLevel};
-use crate::connector::{Registry, Sink};
+use crate::connector::{Mark, Registry, Resume, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
 use crate::transform;
@@ -47,6 +47,26 @@ pub struct Cached {
     pub plan: LogicalPlan,
 }
 
+/// An opened source and the positions this run will reach in it.
+#[derive(Debug)]
+pub struct OpenedSource {
+    /// The extract step.
+    pub step: StepRef,
+    /// The source.
+    pub source: Arc<dyn Source>,
+    /// Prefix of this source's mark app ids.
+    app_id_prefix: String,
+    /// Source key → position reached by this run.
+    pub marks: Vec<(String, i64)>,
+}
+
+impl OpenedSource {
+    /// The globally unique app id of one of this source's keys.
+    fn app_id(&self, key: &str) -> String {
+        format!("{}/{key}", self.app_id_prefix)
+    }
+}
+
 /// A compiled pipeline: nothing has run, nothing has been written.
 pub struct Pipeline {
     /// Pipeline name.
@@ -57,7 +77,21 @@ pub struct Pipeline {
     pub loads: Vec<Load>,
     /// The cached relations, in config order.
     pub caches: Vec<Cached>,
+    /// The extract steps' sources, in config order.
+    pub sources: Vec<OpenedSource>,
     ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("steps", &self.steps)
+            .field("loads", &self.loads)
+            .field("caches", &self.caches)
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The physical planner: DataFusion's, plus connectors' extension nodes.
@@ -130,6 +164,15 @@ impl Pipeline {
         let mut steps = Vec::new();
         let mut loads = Vec::new();
         let mut caches = Vec::new();
+        let mut sources = Vec::new();
+        // Sinks first: sources ask them where the last run left off.
+        let mut sinks = HashMap::new();
+        for info in infos.iter().filter(|i| i.kind == StepKind::Load) {
+            let factory = registry
+                .sink_factory(&info.step.method)
+                .ok_or_else(|| unknown_method(info, &registry.sink_methods()))?;
+            sinks.insert(info.step.index, factory(info)?);
+        }
 
         for info in infos {
             steps.push((info.step.clone(), info.kind));
@@ -140,21 +183,35 @@ impl Pipeline {
                         .source_factory(&info.step.method)
                         .ok_or_else(|| unknown_method(&info, &registry.source_methods()))?;
                     let source = factory(&info)?;
-                    let provider = source
-                        .table_provider(&ctx.state())
+                    let label = info
+                        .step
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("steps[{}]", info.step.index));
+                    let mut opened = OpenedSource {
+                        step: info.step.clone(),
+                        source,
+                        app_id_prefix: format!("dataflow/{}/{label}", spec.name),
+                        marks: Vec::new(),
+                    };
+                    let resume = resume_point(&opened, sinks.values()).await?;
+                    let table = opened
+                        .source
+                        .open(&ctx.state(), &resume)
                         .await
                         .map_err(|e| Error::from_connector(&info.step, e))?;
-                    (ctx.read_table(provider)?, None)
+                    opened.marks = table.marks;
+                    sources.push(opened);
+                    (ctx.read_table(table.provider)?, None)
                 }
                 StepKind::Transform => {
                     let out = transform::apply(&ctx, &info, input.map(|(_, df)| df)).await?;
                     (out.frame, out.cache)
                 }
                 StepKind::Load => {
-                    let factory = registry
-                        .sink_factory(&info.step.method)
-                        .ok_or_else(|| unknown_method(&info, &registry.sink_methods()))?;
-                    let sink = factory(&info)?;
+                    let sink = sinks
+                        .remove(&info.step.index)
+                        .expect("every load step has a sink");
                     let (input_name, input) = input.ok_or_else(|| {
                         Error::config(
                             format!("steps[{}].input", info.step.index),
@@ -200,8 +257,22 @@ impl Pipeline {
             steps,
             loads,
             caches,
+            sources,
             ctx,
         })
+    }
+
+    /// Every position this run reaches, to be committed with the data.
+    pub fn marks(&self) -> Vec<Mark> {
+        self.sources
+            .iter()
+            .flat_map(|s| {
+                s.marks.iter().map(|(key, version)| Mark {
+                    app_id: s.app_id(key),
+                    version: *version,
+                })
+            })
+            .collect()
     }
 
     /// The session the pipeline runs in.
@@ -255,6 +326,42 @@ impl Pipeline {
         );
         Ok(())
     }
+}
+
+/// Asks every sink where `source` left off: per key, the lowest version any
+/// mark-recording sink holds (so no sink misses data); a key some such sink
+/// lacks is absent (start from the beginning).
+async fn resume_point<'a>(
+    source: &OpenedSource,
+    sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
+) -> Result<Resume> {
+    let keys = source.source.resume_keys();
+    let mut resume = Resume::default();
+    if keys.is_empty() {
+        return Ok(resume);
+    }
+    let app_ids: Vec<String> = keys.iter().map(|k| source.app_id(k)).collect();
+    let mut lowest: HashMap<String, Option<i64>> = HashMap::new();
+    for sink in sinks {
+        let recorded = sink
+            .recorded_marks(&app_ids)
+            .await
+            .map_err(|e| Error::from_connector(&source.step, e))?;
+        let Some(recorded) = recorded else { continue };
+        resume.recorded_by_sinks = true;
+        for (key, app_id) in keys.iter().zip(&app_ids) {
+            let version = recorded.get(app_id).copied();
+            lowest
+                .entry(key.clone())
+                .and_modify(|v| *v = v.zip(version).map(|(a, b)| a.min(b)))
+                .or_insert(version);
+        }
+    }
+    resume.marks = lowest
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+    Ok(resume)
 }
 
 fn resolve_input(

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crate::commit::CommitGate;
-use crate::connector::SinkReport;
+use crate::connector::{SinkReport, WriteContext};
 use crate::error::{Error, Result, StepRef};
 use crate::plan::Pipeline;
 use crate::spec::StepKind;
@@ -46,13 +46,21 @@ impl Pipeline {
     pub async fn run(&self, cancel: impl Future<Output = ()>) -> Result<RunSummary> {
         let started = Instant::now();
         let gates = CommitGate::for_participants(self.loads.len());
+        let marks = self.marks();
         let loads = self
             .loads
             .iter()
             .zip(gates.iter())
-            .map(|(load, gate)| async move {
+            .map(|(load, gate)| {
+                let ctx = WriteContext {
+                    gate: gate.clone(),
+                    marks: marks.clone(),
+                };
+                (load, gate, ctx)
+            })
+            .map(|(load, gate, ctx)| async move {
                 let t = Instant::now();
-                match load.sink.write(load.input.clone(), gate.clone()).await {
+                match load.sink.write(load.input.clone(), ctx).await {
                     Ok(report) => {
                         // A sink with nothing to stage (console) may never call
                         // ready(); count it as ready so the others can commit.
@@ -100,6 +108,13 @@ impl Pipeline {
                 }
             }
             return Err(failures.swap_remove(cause).1);
+        }
+        for source in self.sources.iter().filter(|s| !s.marks.is_empty()) {
+            source
+                .source
+                .committed(&source.marks)
+                .await
+                .map_err(|e| Error::from_connector(&source.step, e))?;
         }
         Ok(self.summarize(reports.into_iter().flatten().collect(), started.elapsed()))
     }

@@ -9,12 +9,16 @@ mod gated_store;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dataflow_engine::commit::CommitGate;
-use dataflow_engine::connector::{BoxError, Sink, SinkReport, Source};
+use std::collections::HashMap;
+
+use dataflow_engine::connector::{BoxError, Mark, Sink, SinkReport, Source, WriteContext};
 use dataflow_engine::spec::StepInfo;
 use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::operations::merge::MergeBuilder;
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -100,9 +104,18 @@ impl Source for DeltaSource {
 struct ToDeltaConfig {
     /// Table location; created on first write.
     path: String,
-    /// errorIfExists (default), append, overwrite or ignore.
+    /// errorIfExists (default), append, overwrite, ignore or merge.
     #[serde(default)]
     save_mode: SaveMode,
+    /// saveMode merge: the columns identifying a row.
+    #[serde(default)]
+    merge_keys: Vec<String>,
+    /// saveMode merge: SQL over `source.*` columns; matched rows where it
+    /// holds are deleted (and such rows are never inserted).
+    delete_condition: Option<String>,
+    /// saveMode merge: SQL over `source.*` / `target.*`; matched rows are
+    /// updated only where it holds (default: always).
+    update_condition: Option<String>,
     /// Partition columns for a new table (must match an existing table's).
     #[serde(default)]
     partition_by: Vec<String>,
@@ -124,6 +137,22 @@ struct DeltaSink {
 /// Builds a `toDeltaLake` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     let config: ToDeltaConfig = info.parse()?;
+    let merging = config.save_mode == SaveMode::Merge;
+    if merging && config.merge_keys.is_empty() {
+        return Err(info.error(
+            "mergeKeys",
+            "saveMode merge needs mergeKeys, the columns identifying a row",
+        ));
+    }
+    for (key, set) in [
+        ("mergeKeys", !config.merge_keys.is_empty()),
+        ("deleteCondition", config.delete_condition.is_some()),
+        ("updateCondition", config.update_condition.is_some()),
+    ] {
+        if set && !merging {
+            return Err(info.error(key, "only applies with saveMode merge"));
+        }
+    }
     if config.overwrite_schema && config.save_mode != SaveMode::Overwrite {
         return Err(info.error("overwriteSchema", "only applies with saveMode overwrite"));
     }
@@ -179,25 +208,45 @@ impl DeltaSink {
             .build()
     }
 
-    async fn write_table(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport> {
+    async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
         let existing = open_existing(self.path(), None).await?;
         let mode = match (self.config.save_mode, &existing) {
             (SaveMode::ErrorIfExists, Some(_)) => {
                 return Err(ConnectorError::Rejected(format!(
-                    "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite or ignore",
+                    "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite, merge or ignore",
                     self.path()
                 )))
             }
             (SaveMode::Ignore, Some(table)) => {
-                gate.ready().await?;
+                ctx.gate.ready().await?;
                 return Ok(SinkReport {
-                    detail: format!("skipped: table exists at version {} (saveMode ignore)", table.version().unwrap_or_default()),
+                    detail: format!(
+                        "skipped: table exists at version {} (saveMode ignore)",
+                        table.version().unwrap_or_default()
+                    ),
                     ..Default::default()
                 });
+            }
+            (SaveMode::Merge, Some(table)) => {
+                self.check_schema(table, &input)?;
+                return self.merge(table, input, ctx).await;
+            }
+            (SaveMode::Merge, None) => {
+                // Nothing to merge into yet: the first run creates the
+                // table from the rows that are not deletions.
+                DeltaSaveMode::ErrorIfExists
             }
             (SaveMode::Append, _) => DeltaSaveMode::Append,
             (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
             (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
+        };
+        let input = match (&self.config.delete_condition, self.config.save_mode) {
+            (Some(condition), SaveMode::Merge) => {
+                let source = input.alias("source")?;
+                let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;
+                source.filter(keep)?
+            }
+            _ => input,
         };
         let table = match existing {
             Some(table) => {
@@ -207,13 +256,14 @@ impl DeltaSink {
             None => DeltaTableBuilder::from_url(table_url(self.path())?)?.build()?,
         };
         let snapshot = table.snapshot().ok().map(|s| s.snapshot().clone());
-        let log_store = GatedLogStore::wrap(table.log_store(), gate);
+        let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
         let (state, plan) = input.into_parts();
         let mut builder = WriteBuilder::new(log_store, snapshot)
             .with_input_plan(plan)
             .with_session_state(Arc::new(state))
             .with_save_mode(mode)
-            .with_writer_properties(Self::writer_properties());
+            .with_writer_properties(Self::writer_properties())
+            .with_commit_properties(commit_properties(&ctx.marks));
         if !self.config.partition_by.is_empty() {
             builder = builder.with_partition_columns(self.config.partition_by.clone());
         }
@@ -230,22 +280,90 @@ impl DeltaSink {
             builder = builder.with_target_file_size(Some(size));
         }
         let written = builder.await?;
-        let version = written.version().unwrap_or_default();
-        let (rows, bytes) = commit_stats(&written, version).await?;
-        Ok(SinkReport {
-            rows,
-            bytes,
-            detail: format!("delta version {version}"),
-        })
+        report(&written).await
+    }
+
+    /// saveMode merge: update matched keys, insert new ones, delete matched
+    /// rows where `deleteCondition` holds (delta-rs MERGE).
+    async fn merge(
+        &self,
+        table: &DeltaTable,
+        input: DataFrame,
+        ctx: WriteContext,
+    ) -> Result<SinkReport> {
+        let keys = &self.config.merge_keys;
+        let predicate = keys
+            .iter()
+            .map(|k| format!("target.{q} = source.{q}", q = quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let columns: Vec<String> = input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let snapshot = table.snapshot()?.snapshot().clone();
+        let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
+        let (state, plan) = input.into_parts();
+        let source = DataFrame::new(state.clone(), plan);
+        let mut builder = MergeBuilder::new(log_store, Some(snapshot), predicate, source)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_session_state(Arc::new(state))
+            .with_merge_schema(self.config.merge_schema)
+            .with_writer_properties(Self::writer_properties())
+            .with_commit_properties(commit_properties(&ctx.marks));
+        if let Some(condition) = &self.config.delete_condition {
+            builder = builder.when_matched_delete(|d| d.predicate(condition.as_str()))?;
+        }
+        let update_condition = self.config.update_condition.clone();
+        builder = builder.when_matched_update(|u| {
+            let u = match &update_condition {
+                Some(condition) => u.predicate(condition.as_str()),
+                None => u,
+            };
+            columns.iter().fold(u, |u, c| {
+                u.update(c.as_str(), format!("source.{}", quote(c)))
+            })
+        })?;
+        let delete_condition = self.config.delete_condition.clone();
+        builder = builder.when_not_matched_insert(|i| {
+            let i = match &delete_condition {
+                Some(condition) => i.predicate(format!("NOT ({condition})")),
+                None => i,
+            };
+            columns
+                .iter()
+                .fold(i, |i, c| i.set(c.as_str(), format!("source.{}", quote(c))))
+        })?;
+        let (merged, _metrics) = builder.await?;
+        report(&merged).await
     }
 }
 
-/// Rows and bytes added by commit `version`, read back from its log entry.
-async fn commit_stats(table: &DeltaTable, version: u64) -> Result<(u64, u64)> {
+/// Double-quotes an identifier for delta-rs's SQL expressions.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Commit properties recording the run's marks as Delta transactions.
+fn commit_properties(marks: &[Mark]) -> CommitProperties {
+    CommitProperties::default().with_application_transactions(
+        marks
+            .iter()
+            .map(|m| Transaction::new(&m.app_id, m.version))
+            .collect(),
+    )
+}
+
+/// The summary line of the commit that produced `table`'s current version.
+async fn report(table: &DeltaTable) -> Result<SinkReport> {
+    let version = table.version().unwrap_or_default();
     let Some(entry) = table.log_store().read_commit_entry(version).await? else {
-        return Ok((0, 0));
+        return Ok(SinkReport::default());
     };
-    let (mut rows, mut bytes, mut stats_rows) = (None, 0u64, 0u64);
+    let (mut metrics, mut bytes, mut stats_rows) = (serde_json::Value::Null, 0u64, 0u64);
     for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let action: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| ConnectorError::Rejected(e.to_string()))?;
@@ -256,19 +374,54 @@ async fn commit_stats(table: &DeltaTable, version: u64) -> Result<(u64, u64)> {
                 .and_then(|s| serde_json::from_str(s).ok());
             stats_rows += stats.and_then(|s| s["numRecords"].as_u64()).unwrap_or(0);
         }
-        if let Some(n) = action
-            .pointer("/commitInfo/operationMetrics/num_added_rows")
-            .and_then(|v| v.as_u64())
-        {
-            rows = Some(n);
+        if let Some(m) = action.pointer("/commitInfo/operationMetrics") {
+            metrics = m.clone();
         }
     }
-    Ok((rows.unwrap_or(stats_rows), bytes))
+    let metric = |name: &str| metrics[name].as_u64().unwrap_or(0);
+    let (rows, detail) = if metrics.get("num_target_rows_inserted").is_some() {
+        let (ins, upd, del) = (
+            metric("num_target_rows_inserted"),
+            metric("num_target_rows_updated"),
+            metric("num_target_rows_deleted"),
+        );
+        (
+            ins + upd + del,
+            format!("delta version {version}: {ins} inserted, {upd} updated, {del} deleted"),
+        )
+    } else {
+        let rows = metrics["num_added_rows"].as_u64().unwrap_or(stats_rows);
+        (rows, format!("delta version {version}"))
+    };
+    Ok(SinkReport {
+        rows,
+        bytes,
+        detail,
+    })
 }
 
 #[async_trait]
 impl Sink for DeltaSink {
-    async fn write(&self, input: DataFrame, gate: CommitGate) -> Result<SinkReport, BoxError> {
-        Ok(self.write_table(input, gate).await?)
+    async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
+        Ok(self.write_table(input, ctx).await?)
+    }
+
+    async fn recorded_marks(
+        &self,
+        app_ids: &[String],
+    ) -> Result<Option<HashMap<String, i64>>, BoxError> {
+        let mut recorded = HashMap::new();
+        if let Some(table) = open_existing(self.path(), None).await? {
+            let state = table.snapshot()?;
+            for app_id in app_ids {
+                if let Some(version) = state
+                    .transaction_version(table.log_store().as_ref(), app_id)
+                    .await?
+                {
+                    recorded.insert(app_id.clone(), version);
+                }
+            }
+        }
+        Ok(Some(recorded))
     }
 }
