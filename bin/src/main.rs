@@ -1,12 +1,22 @@
-//! `run-pipeline`: run, validate and explain JSON-configured pipelines.
+//! `run-pipeline`: run, validate, explain and schedule JSON-configured
+//! pipelines, and show their run history.
 
+mod history;
+mod observe;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dataflow_engine::ops::history::History;
+use dataflow_engine::ops::runner::Trigger;
+use dataflow_engine::ops::schedule::{run_schedules, Job};
+use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
 use dataflow_engine::plan::Pipeline;
 use dataflow_engine::spec::PipelineSpec;
 use dataflow_engine::{Error, Result};
+use observe::Observer;
 
 /// Run JSON-configured data pipelines (extract → transform → load) on
 /// Apache DataFusion.
@@ -26,6 +36,17 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
+    /// Directory of the run history (default: `.dataflow/` next to the
+    /// config; for `history`, `./.dataflow`).
+    #[arg(long, global = true, value_name = "DIR", env = "DATAFLOW_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g.
+    /// `127.0.0.1:9898`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Write the final metrics as JSON to this file on exit.
+    #[arg(long, global = true, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -42,6 +63,33 @@ enum Command {
     Validate(ConfigArgs),
     /// Print the logical and physical plan of every load step.
     Explain(ConfigArgs),
+    /// Run batch pipelines on the cron expressions in their `"schedule"`
+    /// keys until SIGINT/SIGTERM, then stop cleanly and exit 0.
+    Schedule(ScheduleArgs),
+    /// Show recorded runs, oldest first.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScheduleArgs {
+    /// The pipeline configs (JSON), each with a `"schedule"`.
+    #[arg(required = true)]
+    configs: Vec<PathBuf>,
+    /// Override a value in every config (see `run --set`).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    /// Only this pipeline's runs.
+    pipeline: Option<String>,
+    /// Only the last N records.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,20 +122,71 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn load_spec(args: &ConfigArgs) -> Result<PipelineSpec> {
-    let text = std::fs::read_to_string(&args.config).map_err(|e| {
+fn load_spec(config: &Path, sets: &[String]) -> Result<PipelineSpec> {
+    let text = std::fs::read_to_string(config).map_err(|e| {
         Error::config(
-            display(&args.config),
+            display(config),
             None,
             format!("cannot read the config file: {e}"),
         )
     })?;
-    PipelineSpec::load(&text, &args.sets, &|name| std::env::var(name).ok())
+    PipelineSpec::load(&text, sets, &|name| std::env::var(name).ok())
 }
 
 async fn compile(args: &ConfigArgs) -> Result<Pipeline> {
-    let spec = load_spec(args)?;
+    let spec = load_spec(&args.config, &args.sets)?;
     Pipeline::compile(&spec, &dataflow_connectors::registry()).await
+}
+
+/// A shutdown signal fired by Ctrl-C or SIGTERM.
+fn on_interrupt(what: &'static str) -> Shutdown {
+    let (trigger, signal) = shutdown();
+    tokio::spawn(async move {
+        interrupted().await;
+        tracing::warn!("interrupted: {what}");
+        trigger.fire();
+    });
+    signal
+}
+
+/// A scheduled job for each config; all configs are checked before any runs.
+fn jobs(args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
+    args.configs
+        .iter()
+        .map(|config| {
+            let spec = load_spec(config, &args.sets)?;
+            let schedule = spec.cron_schedule()?.ok_or_else(|| {
+                Error::config(
+                    "schedule",
+                    None,
+                    format!(
+                        "{} has no schedule: add e.g. \"schedule\": \"0 * * * *\", or use `run`",
+                        display(config)
+                    ),
+                )
+            })?;
+            Ok(Job {
+                spec,
+                schedule,
+                runner: observer.runner(config),
+            })
+        })
+        .collect()
+}
+
+async fn observed<T>(cli: &Cli, work: impl AsyncFnOnce(&Observer) -> Result<T>) -> Result<T> {
+    let observer = Observer::start(
+        cli.metrics_addr,
+        cli.metrics_file.clone(),
+        cli.state_dir.clone(),
+    )
+    .await?;
+    let result = work(&observer).await;
+    // The run's own error, if any, matters more than the metrics file's.
+    let finished = observer.finish();
+    let value = result?;
+    finished?;
+    Ok(value)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -121,9 +220,28 @@ async fn main_inner(cli: &Cli) -> Result<()> {
             print!("{}", pipeline.explain().await?);
         }
         Command::Run(args) => {
-            let pipeline = compile(args).await?;
-            let summary = pipeline.run(interrupted()).await?;
+            let spec = load_spec(&args.config, &args.sets)?;
+            let summary = observed(cli, async |observer| {
+                let shutdown = on_interrupt("cancelling the run");
+                let runner = observer.runner(&args.config);
+                runner.run(&spec, Trigger::Manual, None, shutdown).await
+            })
+            .await?;
             eprint!("{summary}");
+        }
+        Command::Schedule(args) => {
+            observed(cli, async |observer| {
+                let jobs = jobs(args, observer)?;
+                let shutdown = on_interrupt("stopping the schedules and running pipelines");
+                run_schedules(jobs, shutdown).await;
+                Ok(())
+            })
+            .await?;
+        }
+        Command::History(args) => {
+            let dir = cli.state_dir.clone().unwrap_or_else(|| ".dataflow".into());
+            let records = History::new(&dir).read(args.pipeline.as_deref(), args.last)?;
+            history::print(&records, args.json)?;
         }
     }
     Ok(())

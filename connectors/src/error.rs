@@ -25,6 +25,18 @@ pub enum ConnectorError {
     /// says why and how to proceed.
     #[error("{0}")]
     Rejected(String),
+    /// PostgreSQL refused or failed an operation; the message is redacted
+    /// (no password) and names what was being done.
+    #[error("PostgreSQL {context}: {message}")]
+    Postgres {
+        /// What was being done, e.g. `connecting to app@db:5432/sales`.
+        context: String,
+        /// The server's or the client library's explanation, redacted.
+        message: String,
+        /// The connection was lost or refused (worth retrying), as opposed
+        /// to a query the server rejected.
+        retryable: bool,
+    },
     /// Another sink failed or the run was cancelled; nothing was committed.
     #[error(transparent)]
     Abandoned(#[from] dataflow_engine::commit::CommitAbandoned),

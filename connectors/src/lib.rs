@@ -7,7 +7,10 @@ mod console;
 mod delta;
 mod error;
 mod files;
+mod postgres;
 mod save_mode;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use dataflow_engine::connector::Registry;
 use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
@@ -19,6 +22,7 @@ pub fn registry() -> Registry {
     Registry::new()
         .source("fromFiles", files::source)
         .source("fromDeltaLake", delta::source)
+        .source("fromPostgres", postgres::source)
         .sink("toFiles", files::sink)
         .sink("toDeltaLake", delta::sink)
         .sink("toConsole", console::sink)

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod commit;
 pub mod connector;
 pub mod error;
+pub mod ops;
 pub mod plan;
 pub mod run;
 pub mod schema;

@@ -46,8 +46,12 @@ impl From<Output> for Run {
 /// A `run-pipeline` command run from the repository root, writing under `out`.
 pub fn cli(out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_run-pipeline"));
+    // Run history goes to the tests' scratch directory, not next to the
+    // example configs in the repository.
+    let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dataflow-state");
     cmd.current_dir(repo_root())
         .env("DATAFLOW_OUT", out)
+        .env("DATAFLOW_STATE_DIR", state)
         .env_remove("RUST_LOG");
     cmd
 }
@@ -122,4 +126,32 @@ pub async fn file_rows(path: &Path, format: &str, sql: &str) -> Vec<String> {
 /// Lines of a pretty-printed table, for comparison with `query` results.
 pub fn table(lines: &[&str]) -> Vec<String> {
     lines.iter().map(|l| l.to_string()).collect()
+}
+
+/// The run history in `state_dir`, one JSON object per record.
+pub fn history(state_dir: &Path) -> Vec<serde_json::Value> {
+    let result = run(
+        state_dir,
+        &[
+            "history",
+            "--json",
+            "--state-dir",
+            &state_dir.display().to_string(),
+        ],
+    );
+    result.assert_ok();
+    result
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Sends `signal` (e.g. `-TERM`) to the process `pid`.
+pub fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result, StepRef};
+use crate::ops::schedule::CronSchedule;
 pub use overrides::{apply_set, substitute_env};
 
 /// A whole pipeline as written in its JSON file.
@@ -27,6 +28,84 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     /// The steps, in order.
     pub steps: Vec<StepSpec>,
+    /// When `run-pipeline schedule` runs this pipeline: a cron expression
+    /// with 5 fields (minute hour day-of-month month day-of-week) or 6 with
+    /// a leading seconds field, e.g. `"0 */15 * * * *"`.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone the `schedule` is read in, e.g. `Europe/Paris`; UTC
+    /// when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// What a schedule slot does while the previous run is still going.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// What `run-pipeline schedule` does on start for slots missed while it
+    /// was not running.
+    #[serde(default, rename = "catchUp")]
+    pub catch_up: CatchUp,
+    /// How many times a run that failed for a transient reason (connection
+    /// refused, timeout, throttling, commit conflict) is retried; permanent
+    /// failures are never retried.
+    #[serde(default)]
+    pub retries: u32,
+    /// The delays between retries.
+    #[serde(default, rename = "retryBackoff")]
+    pub retry_backoff: Backoff,
+}
+
+/// `overlap`: a pipeline never runs twice at the same time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Drop the slot (recorded in the history as `skipped`).
+    #[default]
+    Skip,
+    /// Run once the current run ends (at most one slot waits).
+    Queue,
+}
+
+/// `catchUp`: what to do about slots missed while the scheduler was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Forget them; wait for the next slot.
+    #[default]
+    Skip,
+    /// Run once at start for all of them together.
+    Once,
+}
+
+/// `retryBackoff`: exponential backoff with jitter; the n-th retry waits
+/// between half and all of `min(initialMs * 2^(n-1), maxMs)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    /// Delay before the first retry, in milliseconds (default 1000).
+    #[serde(default = "Backoff::default_initial_ms")]
+    pub initial_ms: u64,
+    /// Upper bound of any delay, in milliseconds (default 60000).
+    #[serde(default = "Backoff::default_max_ms")]
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    fn default_initial_ms() -> u64 {
+        1000
+    }
+
+    fn default_max_ms() -> u64 {
+        60_000
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: Self::default_initial_ms(),
+            max_ms: Self::default_max_ms(),
+        }
+    }
 }
 
 /// How a pipeline runs.
@@ -225,6 +304,7 @@ impl PipelineSpec {
                 "a pipeline needs at least one load step (toDeltaLake, toFiles, toConsole, ...)",
             ));
         }
+        self.check_operations()?;
         let mut names = HashSet::new();
         for info in self.step_infos()? {
             let step = &self.steps[info.step.index];
@@ -259,6 +339,51 @@ impl PipelineSpec {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl PipelineSpec {
+    /// The parsed `schedule` (read in `timezone`), `None` when there is none.
+    pub fn cron_schedule(&self) -> Result<Option<CronSchedule>> {
+        let Some(expr) = &self.schedule else {
+            if self.timezone.is_some() {
+                return Err(Error::config(
+                    "timezone",
+                    None,
+                    "timezone only applies to a schedule; add \"schedule\"",
+                ));
+            }
+            return Ok(None);
+        };
+        CronSchedule::parse(expr, self.timezone.as_deref()).map(Some)
+    }
+
+    /// Checks the scheduling and retry keys.
+    fn check_operations(&self) -> Result<()> {
+        self.cron_schedule()?;
+        if self.schedule.is_some() && self.mode != Mode::Batch {
+            return Err(Error::config(
+                "schedule",
+                None,
+                "only batch pipelines can be scheduled",
+            ));
+        }
+        let backoff = &self.retry_backoff;
+        if backoff.initial_ms == 0 {
+            return Err(Error::config(
+                "retryBackoff.initialMs",
+                None,
+                "must be at least 1",
+            ));
+        }
+        if backoff.max_ms < backoff.initial_ms {
+            return Err(Error::config(
+                "retryBackoff.maxMs",
+                None,
+                "must not be less than initialMs",
+            ));
         }
         Ok(())
     }
@@ -320,6 +445,16 @@ mod tests {
             (r#"{"name": "", "steps": []}"#, "name"),
             (r#"{"name": "p", "mode": "bulk", "steps": []}"#, "mode"),
             (
+                r#"{"name": "p", "overlap": "wait", "steps": []}"#,
+                "overlap",
+            ),
+            (r#"{"name": "p", "catchUp": "all", "steps": []}"#, "catchUp"),
+            (r#"{"name": "p", "retries": -1, "steps": []}"#, "retries"),
+            (
+                r#"{"name": "p", "retryBackoff": {"initial": 1}, "steps": []}"#,
+                "retryBackoff.initial",
+            ),
+            (
                 r#"{"name": "p", "steps": [{"type": "extract", "method": "x", "config": {"registerAs": "1a"}}, {"type": "load", "method": "y"}]}"#,
                 "steps[0].config.registerAs",
             ),
@@ -331,6 +466,47 @@ mod tests {
         for (text, path) in cases {
             assert_eq!(config_path(load(text).unwrap_err()), path, "{text}");
         }
+    }
+
+    fn with_keys(keys: &str) -> Result<PipelineSpec> {
+        load(&OK.replacen(
+            "{\"name\": \"p\",",
+            &format!("{{\"name\": \"p\", {keys},"),
+            1,
+        ))
+    }
+
+    #[test]
+    fn checks_schedule_and_retry_keys() {
+        let cases = [
+            (r#""schedule": "61 * * * *""#, "schedule"),
+            (r#""schedule": "* * *""#, "schedule"),
+            (
+                r#""schedule": "* * * * *", "timezone": "Mars/Base""#,
+                "timezone",
+            ),
+            (r#""timezone": "UTC""#, "timezone"),
+            (
+                r#""retryBackoff": {"initialMs": 0}"#,
+                "retryBackoff.initialMs",
+            ),
+            (
+                r#""retryBackoff": {"initialMs": 10, "maxMs": 5}"#,
+                "retryBackoff.maxMs",
+            ),
+        ];
+        for (keys, path) in cases {
+            assert_eq!(config_path(with_keys(keys).unwrap_err()), path, "{keys}");
+        }
+        let spec = with_keys(
+            r#""schedule": "*/5 * * * * *", "timezone": "Europe/Paris", "overlap": "queue", "catchUp": "once", "retries": 3"#,
+        )
+        .unwrap();
+        assert!(spec.cron_schedule().unwrap().is_some());
+        assert_eq!(spec.overlap, Overlap::Queue);
+        assert_eq!(spec.catch_up, CatchUp::Once);
+        assert_eq!(spec.retries, 3);
+        assert_eq!(spec.retry_backoff, Backoff::default());
     }
 
     #[test]

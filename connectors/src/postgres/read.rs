@@ -1,0 +1,183 @@
+//! Running one binary COPY and streaming its rows as record batches, with
+//! retries of a partition whose connection was lost before it emitted rows.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use futures::StreamExt;
+use tokio::sync::mpsc::Sender;
+use tokio_postgres::{Client, CopyOutStream};
+
+use super::connect::Connector;
+use super::copy::CopyDecoder;
+use super::types::PgKind;
+use crate::error::{ConnectorError, Result};
+
+/// First retry delay; doubled on every further attempt, up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// The rows of one `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, batch by batch.
+pub(crate) struct CopyReader {
+    stream: Pin<Box<CopyOutStream>>,
+    decoder: Option<CopyDecoder>,
+    /// Keeps the connection open while the stream is read.
+    _client: Client,
+}
+
+impl CopyReader {
+    /// Connects and starts the COPY of `select`, whose columns are `kinds`.
+    pub(crate) async fn open(
+        connector: &Connector,
+        select: &str,
+        schema: SchemaRef,
+        kinds: &[PgKind],
+        batch_size: usize,
+    ) -> Result<Self> {
+        let client = connector.connect().await?;
+        let copy = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
+        let stream = client
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| connector.error("COPY", &e))?;
+        Ok(CopyReader {
+            stream: Box::pin(stream),
+            decoder: Some(CopyDecoder::new(schema, kinds, batch_size)?),
+            _client: client,
+        })
+    }
+
+    /// The next batch, `None` at the end; `connector` redacts errors.
+    pub(crate) async fn next_batch(
+        &mut self,
+        connector: &Connector,
+    ) -> Result<Option<RecordBatch>> {
+        loop {
+            let Some(decoder) = self.decoder.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(batch) = decoder.next_batch() {
+                return Ok(Some(batch));
+            }
+            match self.stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| {
+                        let rows = decoder.rows_decoded();
+                        connector.error(&format!("COPY (after {rows} rows)"), &e)
+                    })?;
+                    decoder.push(&chunk)?;
+                }
+                None => return self.decoder.take().map_or(Ok(None), CopyDecoder::finish),
+            }
+        }
+    }
+}
+
+/// One output partition's read: the query and how to decode and retry it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionRead {
+    /// Where to connect.
+    pub connector: Arc<Connector>,
+    /// The SELECT to copy.
+    pub select: String,
+    /// Its output schema.
+    pub schema: SchemaRef,
+    /// The PostgreSQL kind of every column.
+    pub kinds: Vec<PgKind>,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Attempts after the first when the connection is lost.
+    pub retries: u32,
+    /// `partition i of n`, for messages.
+    pub label: String,
+}
+
+impl PartitionRead {
+    /// Reads the partition into `tx`. A lost connection is retried with
+    /// exponential backoff, up to `retries` times, as long as this partition
+    /// has not yet passed any row on: a COPY restarted after that could not
+    /// tell which rows were already delivered, so the read fails instead
+    /// (and the run commits nothing).
+    pub(crate) async fn run(self, tx: Sender<DfResult<RecordBatch>>) -> DfResult<()> {
+        let mut attempt = 0;
+        loop {
+            let mut sent = 0u64;
+            let outcome = self.attempt(&tx, &mut sent).await;
+            let err = match outcome {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            let retryable = matches!(
+                err,
+                ConnectorError::Postgres {
+                    retryable: true,
+                    ..
+                }
+            );
+            if retryable && sent == 0 && attempt < self.retries {
+                let delay = FIRST_DELAY
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(MAX_DELAY);
+                attempt += 1;
+                tracing::warn!(
+                    "{}: {err}; retry {attempt} of {} in {delay:?}",
+                    self.label,
+                    self.retries
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let note = if retryable && sent > 0 && self.retries > 0 {
+                format!(" (not retried: {sent} rows had already been passed on)")
+            } else if attempt > 0 {
+                format!(" (after {attempt} retries)")
+            } else {
+                String::new()
+            };
+            return Err(DataFusionError::External(Box::new(annotate(
+                err,
+                &self.label,
+                &note,
+            ))));
+        }
+    }
+
+    async fn attempt(&self, tx: &Sender<DfResult<RecordBatch>>, sent: &mut u64) -> Result<()> {
+        let mut reader = CopyReader::open(
+            &self.connector,
+            &self.select,
+            self.schema.clone(),
+            &self.kinds,
+            self.batch_size,
+        )
+        .await?;
+        while let Some(batch) = reader.next_batch(&self.connector).await? {
+            *sent += batch.num_rows() as u64;
+            if tx.send(Ok(batch)).await.is_err() {
+                // The consumer stopped (a LIMIT was reached, or the run ended).
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names the partition in a PostgreSQL error and appends `note`.
+fn annotate(err: ConnectorError, label: &str, note: &str) -> ConnectorError {
+    match err {
+        ConnectorError::Postgres {
+            context,
+            message,
+            retryable,
+        } => ConnectorError::Postgres {
+            context: format!("{context}, {label}"),
+            message: format!("{message}{note}"),
+            retryable,
+        },
+        other => other,
+    }
+}

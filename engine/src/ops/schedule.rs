@@ -1,0 +1,210 @@
+//! Cron schedules and the loop that runs pipelines on them.
+//!
+//! Each pipeline gets a ticker (sleeps until the next slot) and a worker
+//! (runs one slot at a time), joined by a channel of capacity one: a slot
+//! that finds the pipeline busy is skipped (`overlap: skip`) or waits for
+//! the current run (`overlap: queue`, at most one waiting slot).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::ops::runner::{Runner, Trigger};
+use crate::ops::shutdown::Shutdown;
+use crate::spec::{CatchUp, Overlap, PipelineSpec};
+
+/// A parsed `schedule` read in its `timezone`.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: Cron,
+    timezone: Tz,
+}
+
+impl CronSchedule {
+    /// Parses a 5-field cron expression, or 6 fields with leading seconds
+    /// (or an alias such as `@hourly`),
+    /// in `timezone` (an IANA name; UTC when `None`). Errors name the
+    /// `schedule` or `timezone` key.
+    pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Self> {
+        let fields = expr.split_whitespace().count();
+        if !expr.trim_start().starts_with('@') && !(5..=6).contains(&fields) {
+            return Err(Error::config(
+                "schedule",
+                None,
+                format!(
+                    "\"{expr}\" has {fields} fields; use 5 (minute hour day month weekday) \
+                     or 6 (seconds first), e.g. \"*/10 * * * *\""
+                ),
+            ));
+        }
+        let cron = Cron::from_str(expr).map_err(|e| {
+            Error::config(
+                "schedule",
+                None,
+                format!("\"{expr}\" is not a valid cron expression: {e}"),
+            )
+        })?;
+        let timezone = match timezone {
+            None => Tz::UTC,
+            Some(name) => name.parse::<Tz>().map_err(|_| {
+                Error::config(
+                    "timezone",
+                    None,
+                    format!("\"{name}\" is not an IANA time zone such as \"Europe/Paris\""),
+                )
+            })?,
+        };
+        Ok(CronSchedule { cron, timezone })
+    }
+
+    /// The first slot strictly after `after`, `None` if there is none.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.timezone), false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Whether a slot fell strictly between `last` and `now`: a missed run.
+    pub fn missed(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        self.next_after(last).is_some_and(|slot| slot < now)
+    }
+}
+
+/// One pipeline to run on its schedule.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The pipeline.
+    pub spec: PipelineSpec,
+    /// Its parsed `schedule`.
+    pub schedule: CronSchedule,
+    /// Runs it, with its history and metrics.
+    pub runner: Runner,
+}
+
+/// Runs every job on its schedule until `shutdown` fires, then lets running
+/// pipelines stop cleanly (cancelled before their commit point, or finishing
+/// a commit already under way) and returns.
+pub async fn run_schedules(jobs: Vec<Job>, shutdown: Shutdown) {
+    let tasks = jobs
+        .into_iter()
+        .map(|job| tokio::spawn(run_job(job, shutdown.clone())));
+    for task in futures::future::join_all(tasks).await {
+        if let Err(err) = task {
+            tracing::error!("a scheduler task failed: {err}");
+        }
+    }
+}
+
+async fn run_job(job: Job, shutdown: Shutdown) {
+    let Job {
+        spec,
+        schedule,
+        runner,
+    } = job;
+    let spec = Arc::new(spec);
+    let busy = Arc::new(AtomicBool::new(false));
+    let (slots, mut pending) = mpsc::channel::<DateTime<Utc>>(1);
+    let worker = {
+        let (spec, runner, busy, shutdown) =
+            (spec.clone(), runner.clone(), busy.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while let Some(slot) = pending.recv().await {
+                if shutdown.is_fired() {
+                    break;
+                }
+                busy.store(true, Ordering::SeqCst);
+                // The outcome is in the history, the metrics and the log.
+                let _ = runner
+                    .run(&spec, Trigger::Schedule, Some(slot), shutdown.clone())
+                    .await;
+                busy.store(false, Ordering::SeqCst);
+            }
+        })
+    };
+
+    let now = Utc::now();
+    if spec.catch_up == CatchUp::Once {
+        if let Some(last) = runner.history().last_scheduled(&spec.name) {
+            if schedule.missed(last, now) {
+                tracing::info!(pipeline = %spec.name, "catching up on slots missed since {last}");
+                let _ = slots.try_send(now);
+            }
+        }
+    }
+    let mut after = now;
+    while let Some(slot) = schedule.next_after(after) {
+        let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.clone().wait() => break,
+        }
+        after = slot;
+        let skip = spec.overlap == Overlap::Skip && busy.load(Ordering::SeqCst);
+        if skip || slots.try_send(slot).is_err() {
+            runner.skipped(&spec.name, slot);
+        }
+    }
+    drop(slots);
+    if let Err(err) = worker.await {
+        tracing::error!(pipeline = %spec.name, "the run worker failed: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn five_and_six_fields() {
+        let five = CronSchedule::parse("*/15 * * * *", None).unwrap();
+        let t = utc(2026, 1, 1, 10, 7, 30);
+        assert_eq!(five.next_after(t), Some(utc(2026, 1, 1, 10, 15, 0)));
+        let six = CronSchedule::parse("*/10 * * * * *", None).unwrap();
+        assert_eq!(six.next_after(t), Some(utc(2026, 1, 1, 10, 7, 40)));
+    }
+
+    #[test]
+    fn timezone_shifts_slots() {
+        // 09:00 in Paris is 08:00 UTC in winter.
+        let paris = CronSchedule::parse("0 9 * * *", Some("Europe/Paris")).unwrap();
+        let t = utc(2026, 1, 1, 0, 0, 0);
+        assert_eq!(paris.next_after(t), Some(utc(2026, 1, 1, 8, 0, 0)));
+    }
+
+    #[test]
+    fn rejects_bad_expressions_and_zones() {
+        for (expr, tz, path) in [
+            ("* * *", None, "schedule"),
+            ("* * * * * * * *", None, "schedule"),
+            ("60 * * * *", None, "schedule"),
+            ("* * * * *", Some("Nowhere/Town"), "timezone"),
+        ] {
+            match CronSchedule::parse(expr, tz) {
+                Err(Error::Config { path: p, .. }) => assert_eq!(p, path, "{expr}"),
+                other => panic!("{expr}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn detects_missed_slots() {
+        let hourly = CronSchedule::parse("0 * * * *", None).unwrap();
+        let last = utc(2026, 1, 1, 10, 0, 0);
+        assert!(!hourly.missed(last, utc(2026, 1, 1, 10, 59, 0)));
+        assert!(hourly.missed(last, utc(2026, 1, 1, 12, 30, 0)));
+    }
+}
