@@ -13,7 +13,9 @@ WORK/pg-sfN (loaded once: typed columns, primary key) and stopped at exit.
 Prints median wall time and peak RSS per case, and the ratio to the COPY
 baseline measured in the same runs.
 """
-import argparse, atexit, os, shutil, socket, statistics, subprocess, sys, time
+import argparse, atexit, os, shutil, socket, statistics, subprocess, sys
+
+from common import generate, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -33,29 +35,6 @@ LINEITEM = """CREATE TABLE lineitem (
 def as_postgres(cmd):
     """Runs server binaries as `postgres` when root (initdb refuses root)."""
     return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
-
-
-def timed(cmd, env=None, stdout=subprocess.DEVNULL):
-    """Runs cmd; returns (seconds, peak RSS in MB). Raises on failure."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return elapsed, usage.ru_maxrss / 1024
-
-
-def generate(work, sf, venv):
-    csv = os.path.join(work, f"lineitem-sf{sf}.csv")
-    if os.path.exists(csv):
-        return csv
-    out = os.path.join(work, "gen")
-    subprocess.run([os.path.join(venv, "bin", "tpchgen-cli"), "csv", "-s", str(sf), "--tables", "lineitem",
-                    "--output-dir", out], check=True)
-    os.rename(os.path.join(out, "lineitem.csv"), csv)
-    return csv
 
 
 def free_port():

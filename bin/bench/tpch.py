@@ -9,34 +9,13 @@ Needs: the peers venv (../shared/bench/setup-peers.sh) with tpchgen-cli, and a
 release build (cargo build --release --bin run-pipeline). Prints per-job medians
 of wall time and peak RSS, and the ratio of dataflow to the fastest peer.
 """
-import argparse, os, shutil, statistics, subprocess, sys, time
+import argparse, os, shutil, statistics, sys
+
+from common import generate, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 JOBS_PY = os.path.join(ROOT, "..", "shared", "bench", "jobs.py")
-
-
-def timed(cmd, env=None):
-    """Runs cmd; returns (seconds, peak RSS in MB). Raises on failure."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return elapsed, usage.ru_maxrss / 1024
-
-
-def generate(work, sf, venv):
-    csv = os.path.join(work, f"lineitem-sf{sf}.csv")
-    if os.path.exists(csv):
-        return csv
-    out = os.path.join(work, "gen")
-    subprocess.run([os.path.join(venv, "bin", "tpchgen-cli"), "csv", "-s", str(sf), "--tables", "lineitem",
-                    "--output-dir", out], check=True)
-    os.rename(os.path.join(out, "lineitem.csv"), csv)
-    return csv
 
 
 def main():

@@ -1,0 +1,26 @@
+"""Helpers shared by the benchmark scripts: timing child processes and
+generating TPC-H lineitem."""
+import os, subprocess, time
+
+
+def timed(cmd, env=None, stdout=subprocess.DEVNULL):
+    """Runs cmd; returns (seconds, peak RSS in MB). Raises on failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def generate(work, sf, venv):
+    csv = os.path.join(work, f"lineitem-sf{sf}.csv")
+    if os.path.exists(csv):
+        return csv
+    out = os.path.join(work, "gen")
+    subprocess.run([os.path.join(venv, "bin", "tpchgen-cli"), "csv", "-s", str(sf), "--tables", "lineitem",
+                    "--output-dir", out], check=True)
+    os.rename(os.path.join(out, "lineitem.csv"), csv)
+    return csv
