@@ -42,6 +42,25 @@ pub enum ConnectorError {
     Abandoned(#[from] dataflow_engine::commit::CommitAbandoned),
 }
 
+impl ConnectorError {
+    /// Extends a PostgreSQL error's context with `context` and its message
+    /// with `note`; other errors are returned unchanged.
+    pub(crate) fn with_postgres_context(self, context: &str, note: &str) -> Self {
+        match self {
+            ConnectorError::Postgres {
+                context: before,
+                message,
+                retryable,
+            } => ConnectorError::Postgres {
+                context: format!("{before}{context}"),
+                message: format!("{message}{note}"),
+                retryable,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Result alias for connector code.
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
 

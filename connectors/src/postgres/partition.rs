@@ -188,18 +188,10 @@ impl Partitioning<'_> {
 }
 
 fn bounds_error(err: ConnectorError, column: &str) -> ConnectorError {
-    match err {
-        ConnectorError::Postgres {
-            context,
-            message,
-            retryable,
-        } => ConnectorError::Postgres {
-            context: format!("{context} of the bounds of partitionColumn \"{column}\""),
-            message,
-            retryable,
-        },
-        other => other,
-    }
+    err.with_postgres_context(
+        &format!(" of the bounds of partitionColumn \"{column}\""),
+        "",
+    )
 }
 
 /// Up to `count - 1` increasing cut points splitting `[low, high]` into

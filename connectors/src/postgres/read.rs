@@ -138,11 +138,9 @@ impl PartitionRead {
             } else {
                 String::new()
             };
-            return Err(DataFusionError::External(Box::new(annotate(
-                err,
-                &self.label,
-                &note,
-            ))));
+            return Err(DataFusionError::External(Box::new(
+                err.with_postgres_context(&format!(", {}", self.label), &note),
+            )));
         }
     }
 
@@ -163,21 +161,5 @@ impl PartitionRead {
             }
         }
         Ok(())
-    }
-}
-
-/// Names the partition in a PostgreSQL error and appends `note`.
-fn annotate(err: ConnectorError, label: &str, note: &str) -> ConnectorError {
-    match err {
-        ConnectorError::Postgres {
-            context,
-            message,
-            retryable,
-        } => ConnectorError::Postgres {
-            context: format!("{context}, {label}"),
-            message: format!("{message}{note}"),
-            retryable,
-        },
-        other => other,
     }
 }
