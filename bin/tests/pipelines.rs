@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use dataflow_connectors::testing::PgServer;
 
 #[test]
 fn every_example_pipeline_has_a_test() {
@@ -18,6 +19,7 @@ fn every_example_pipeline_has_a_test() {
             "customer-report.json",
             "orders-cleanup.json",
             "orders-daily.json",
+            "postgres-to-delta.json",
             "totals-report.json"
         ],
         "a new example pipeline needs a test in this file"
@@ -221,4 +223,125 @@ fn validate_accepts_every_example() {
         std::fs::read_dir(out.path()).unwrap().next().is_none(),
         "validate writes nothing"
     );
+}
+
+/// Three scheduled runs of the table sync, with inserts, updates and a soft
+/// delete in between: each run reads only the changed rows, and the target
+/// holds every live key exactly once with its latest values.
+#[tokio::test]
+async fn postgres_to_delta_syncs_changes_run_after_run() {
+    let server = PgServer::shared();
+    let db = server.create_database("sync").await;
+    server
+        .execute(
+            &db,
+            "CREATE TABLE customers (id bigint PRIMARY KEY, name text, tier text,
+                                     deleted boolean NOT NULL DEFAULT false,
+                                     updated_at timestamptz NOT NULL);
+             INSERT INTO customers VALUES
+               (1, 'ana', 'gold', false, '2024-05-01 10:00:00+00'),
+               (2, 'ben', 'silver', false, '2024-05-01 10:00:01+00'),
+               (3, 'cyd', 'bronze', false, '2024-05-01 10:00:02+00');",
+        )
+        .await;
+    let out = tempfile::tempdir().unwrap();
+    let sync = || -> Run {
+        cli(out.path())
+            .env("PG_URL", server.url(&db))
+            .env("PGPASSWORD", server.password())
+            .args(["run", "-v", "pipelines/postgres-to-delta.json"])
+            .output()
+            .expect("run-pipeline starts")
+            .into()
+    };
+    let target = out.path().join("customers");
+    let sql = "SELECT id, name, tier, deleted FROM t ORDER BY id";
+
+    let first = sync();
+    first.assert_ok();
+    assert!(
+        first
+            .stderr
+            .contains("reading rows from the start up to '2024-05-01 10:00:02+00'::timestamptz"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(
+        delta_rows(&target, sql).await,
+        table(&[
+            "+----+------+--------+---------+",
+            "| id | name | tier   | deleted |",
+            "+----+------+--------+---------+",
+            "| 1  | ana  | gold   | false   |",
+            "| 2  | ben  | silver | false   |",
+            "| 3  | cyd  | bronze | false   |",
+            "+----+------+--------+---------+",
+        ])
+    );
+
+    // An update, an insert, and a row changed *before* the mark (not read).
+    server
+        .execute(
+            &db,
+            "UPDATE customers SET tier = 'gold', updated_at = '2024-05-02 09:00:00+00' WHERE id = 2;
+             INSERT INTO customers VALUES (4, 'dee', 'silver', false, '2024-05-02 09:00:01+00');
+             UPDATE customers SET name = 'ANA' WHERE id = 1;",
+        )
+        .await;
+    let second = sync();
+    second.assert_ok();
+    assert!(
+        second.stderr.contains(
+            "reading rows above '2024-05-01 10:00:02+00'::timestamptz \
+             up to '2024-05-02 09:00:01+00'::timestamptz"
+        ),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        delta_rows(&target, sql).await,
+        table(&[
+            "+----+------+--------+---------+",
+            "| id | name | tier   | deleted |",
+            "+----+------+--------+---------+",
+            "| 1  | ana  | gold   | false   |",
+            "| 2  | ben  | gold   | false   |",
+            "| 3  | cyd  | bronze | false   |",
+            "| 4  | dee  | silver | false   |",
+            "+----+------+--------+---------+",
+        ])
+    );
+
+    // A soft delete and another update of an updated row.
+    server
+        .execute(
+            &db,
+            "UPDATE customers SET deleted = true, updated_at = '2024-05-03 08:00:00+00' WHERE id = 3;
+             UPDATE customers SET tier = 'platinum', updated_at = '2024-05-03 08:00:01+00' WHERE id = 2;",
+        )
+        .await;
+    sync().assert_ok();
+    let expected = table(&[
+        "+----+------+----------+---------+",
+        "| id | name | tier     | deleted |",
+        "+----+------+----------+---------+",
+        "| 1  | ana  | gold     | false   |",
+        "| 2  | ben  | platinum | false   |",
+        "| 4  | dee  | silver   | false   |",
+        "+----+------+----------+---------+",
+    ]);
+    assert_eq!(delta_rows(&target, sql).await, expected);
+    let version = delta_version(&target).await;
+
+    // Nothing changed: the run reads no row and the table keeps its rows.
+    let idle = sync();
+    idle.assert_ok();
+    assert!(
+        idle.stderr
+            .contains("no rows above '2024-05-03 08:00:01+00'::timestamptz"),
+        "{}",
+        idle.stderr
+    );
+    assert_eq!(delta_rows(&target, sql).await, expected);
+    assert!(delta_version(&target).await >= version);
 }

@@ -262,3 +262,111 @@ async fn a_dropped_connection_fails_cleanly_or_is_retried() {
         ])
     );
 }
+
+/// Without a mark-recording sink the high-water mark lives in a state file
+/// under `stateDir`, written only after the load committed: a failed run
+/// does not advance it, so the next run reads the same rows again.
+#[tokio::test]
+async fn incremental_reads_keep_the_mark_in_state_dir_for_file_sinks() {
+    let db = database(
+        "incremental_files",
+        "CREATE TABLE events (id integer PRIMARY KEY, kind text);
+         INSERT INTO events VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let config = format!(
+        r#"{{"name": "pg-incremental", "steps": [
+        {{"type": "extract", "method": "fromPostgres", "config": {{"url": "${{PG_URL}}", "password": "${{PGPASSWORD}}", "table": "events", "incrementalColumn": "id", "stateDir": "{}", "registerAs": "events"}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/${{BATCH}}", "format": "csv"}}}}
+    ]}}"#,
+        state.display()
+    );
+    let file = write_config(out.path(), "incremental.json", &config);
+    let run_batch = |batch: &str| -> Run {
+        pg_command(out.path(), &db)
+            .env("BATCH", batch)
+            .args(["run", &file])
+            .output()
+            .expect("run-pipeline starts")
+            .into()
+    };
+    let ids = |batch: &str| {
+        let path = out.path().join(batch);
+        async move { file_rows(&path, "csv", "SELECT id FROM t ORDER BY id").await }
+    };
+
+    run_batch("b1").assert_ok();
+    assert_eq!(
+        ids("b1").await,
+        table(&["+----+", "| id |", "+----+", "| 1  |", "| 2  |", "| 3  |", "+----+"])
+    );
+    let state_file = state.join("dataflow_pg-incremental_events.json");
+    assert_eq!(
+        std::fs::read_to_string(&state_file).unwrap().trim(),
+        "{\n  \"id\": 3\n}"
+    );
+
+    server()
+        .execute(&db, "INSERT INTO events VALUES (4, 'd'), (5, 'e')")
+        .await;
+    // b1 exists (toFiles errorIfExists): the run fails, the mark stays at 3.
+    let failed = run_batch("b1");
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(std::fs::read_to_string(&state_file)
+        .unwrap()
+        .contains("\"id\": 3"));
+
+    run_batch("b2").assert_ok();
+    assert_eq!(
+        ids("b2").await,
+        table(&["+----+", "| id |", "+----+", "| 4  |", "| 5  |", "+----+"])
+    );
+    // Nothing new: an empty batch, mark unchanged.
+    run_batch("b3").assert_ok();
+    assert!(std::fs::read_to_string(&state_file)
+        .unwrap()
+        .contains("\"id\": 5"));
+}
+
+/// An incremental read must have somewhere to keep its mark, on a column
+/// whose values can be compared.
+#[tokio::test]
+async fn incremental_config_errors() {
+    let db = database(
+        "incremental_errors",
+        "CREATE TABLE events (id integer PRIMARY KEY, kind text);",
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    for (source, expected) in [
+        (
+            r#""table": "events", "incrementalColumn": "id""#,
+            "incrementalColumn needs a place to record the high-water mark",
+        ),
+        (
+            r#""table": "events", "incrementalColumn": "kind", "stateDir": "s""#,
+            "incrementalColumn \"kind\" must be an integer, date or timestamp column",
+        ),
+        (
+            r#""table": "events", "incrementalColumn": "nope", "stateDir": "s""#,
+            "incrementalColumn \"nope\" is not a column of the relation",
+        ),
+    ] {
+        let config = format!(
+            r#"{{"name": "bad", "steps": [
+            {{"type": "extract", "method": "fromPostgres", "config": {{"url": "${{PG_URL}}", "password": "${{PGPASSWORD}}", {source}}}}},
+            {{"type": "load", "method": "toConsole"}}]}}"#
+        );
+        let file = write_config(out.path(), "bad.json", &config);
+        let run = pg_run(out.path(), &db, &["run", &file]);
+        assert_ne!(run.code, 0, "{source}");
+        assert!(run.stderr.contains(expected), "{source}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("steps[0] (fromPostgres)"),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dataflow_engine::connector::{BoxError, Sink, SinkReport, Source, WriteContext};
+use dataflow_engine::connector::{
+    BoxError, Opened, Resume, Sink, SinkReport, Source, WriteContext,
+};
 use dataflow_engine::schema::parse_column_list;
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::array::{Array, UInt64Array};
@@ -270,11 +272,8 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn table_provider(
-        &self,
-        state: &SessionState,
-    ) -> Result<Arc<dyn TableProvider>, BoxError> {
-        self.provider(state).await
+    async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
+        Ok(Opened::table(self.provider(state).await?))
     }
 }
 
@@ -441,6 +440,9 @@ impl FileSink {
     }
 
     async fn write_staged(&self, input: DataFrame, staging: &Path) -> Result<u64> {
+        // DataFusion writes no file for no rows: the (empty) directory is
+        // then the output, so a reader sees an empty dataset.
+        std::fs::create_dir_all(staging).map_err(io(format!("creating {}", staging.display())))?;
         let dir = format!("{}/", staging.display());
         let options =
             DataFrameWriteOptions::new().with_partition_by(self.config.partition_by.clone());

@@ -38,6 +38,9 @@ pub struct Resume {
     /// False when no sink of the pipeline can record marks: the source must
     /// keep its own state (and is told of commits in [`Source::committed`]).
     pub recorded_by_sinks: bool,
+    /// The prefix of this source's mark app ids, `dataflow/<pipeline>/<step>`:
+    /// unique per pipeline and step, to name state the source keeps itself.
+    pub scope: String,
 }
 
 /// A source opened for one run: its table and the positions the run reaches.
@@ -48,30 +51,29 @@ pub struct Opened {
     pub marks: Vec<(String, i64)>,
 }
 
+impl Opened {
+    /// A table read whole every run (no positions).
+    pub fn table(provider: Arc<dyn TableProvider>) -> Self {
+        Opened {
+            provider,
+            marks: Vec::new(),
+        }
+    }
+}
+
 /// A batch source: hands the engine a DataFusion table to plan over.
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug {
-    /// Builds the table (schema inference and file listing happen here).
-    async fn table_provider(
-        &self,
-        state: &SessionState,
-    ) -> Result<Arc<dyn TableProvider>, BoxError>;
-
     /// Keys of the positions this source resumes from; empty (the default)
     /// for sources that read everything every run.
     fn resume_keys(&self) -> Vec<String> {
         Vec::new()
     }
 
-    /// Opens the source for a run that resumes at `resume`. The default
-    /// ignores it and calls [`table_provider`](Self::table_provider).
-    async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
-        let _ = resume;
-        Ok(Opened {
-            provider: self.table_provider(state).await?,
-            marks: Vec::new(),
-        })
-    }
+    /// Opens the source for a run that resumes at `resume` (schema inference
+    /// and file listing happen here): the table, and the positions the run
+    /// reaches.
+    async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError>;
 
     /// Called after every sink committed, with the positions now durable.
     async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {

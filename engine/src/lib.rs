@@ -15,6 +15,7 @@ pub mod run;
 pub mod schema;
 pub mod secret;
 pub mod spec;
+pub mod state_file;
 mod transform;
 
 pub use datafusion;

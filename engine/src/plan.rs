@@ -336,7 +336,10 @@ async fn resume_point<'a>(
     sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
 ) -> Result<Resume> {
     let keys = source.source.resume_keys();
-    let mut resume = Resume::default();
+    let mut resume = Resume {
+        scope: source.app_id_prefix.clone(),
+        ..Resume::default()
+    };
     if keys.is_empty() {
         return Ok(resume);
     }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
-use dataflow_engine::connector::{BoxError, Mark, Sink, SinkReport, Source, WriteContext};
+use dataflow_engine::connector::{
+    BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
+};
 use dataflow_engine::spec::StepInfo;
-use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
 use deltalake::kernel::transaction::CommitProperties;
@@ -80,10 +81,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
 
 #[async_trait]
 impl Source for DeltaSource {
-    async fn table_provider(
-        &self,
-        state: &SessionState,
-    ) -> Result<Arc<dyn TableProvider>, BoxError> {
+    async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
         let path = &self.config.path;
         let table = open_existing(path, self.config.version_as_of)
             .await
@@ -94,7 +92,7 @@ impl Source for DeltaSource {
                 ConnectorError::Rejected(format!("no Delta table at \"{path}\" (no _delta_log)"))
             })?;
         table.update_datafusion_session(state)?;
-        Ok(table.table_provider().await?)
+        Ok(Opened::table(table.table_provider().await?))
     }
 }
 

@@ -17,20 +17,21 @@ mod sql;
 mod types;
 mod values;
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dataflow_engine::connector::{BoxError, Source};
+use dataflow_engine::connector::{BoxError, Opened, Resume, Source};
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
+use dataflow_engine::state_file::StateFile;
 use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::catalog::TableProvider;
 use datafusion::execution::context::SessionState;
 use serde::Deserialize;
 
 use crate::error::{ConnectorError, Result};
 use connect::Connector;
-use partition::{Bound, Partitioning};
+use partition::{Bound, Partitioning, RangeKind};
 use scan::{PostgresTable, Relation};
 use types::PgKind;
 
@@ -64,6 +65,12 @@ struct FromPostgresConfig {
     /// lost before it has passed on any row.
     #[serde(default)]
     retries: u32,
+    /// Integer, date or timestamp column that only grows (an id,
+    /// `updated_at`): each run reads the rows above the last run's maximum.
+    incremental_column: Option<String>,
+    /// Where the high-water mark is kept when no sink records it in its own
+    /// commit (every sink but `toDeltaLake`).
+    state_dir: Option<String>,
 }
 
 fn default_batch_size() -> usize {
@@ -76,6 +83,9 @@ struct PostgresSource {
     config: FromPostgresConfig,
     /// The FROM item: a quoted table name or `(query) AS "q"`.
     from: String,
+    /// Where this run's high-water mark goes after the commit, when the
+    /// sinks do not record it.
+    state_file: Mutex<Option<StateFile>>,
 }
 
 /// Builds a `fromPostgres` source from its step config.
@@ -129,8 +139,15 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
         }
         _ => {}
     }
+    if config.state_dir.is_some() && config.incremental_column.is_none() {
+        return Err(info.error("stateDir", "only applies with incrementalColumn"));
+    }
     Connector::new(&config.url, None).map_err(|e| info.error("url", e))?;
-    Ok(Arc::new(PostgresSource { config, from }))
+    Ok(Arc::new(PostgresSource {
+        config,
+        from,
+        state_file: Mutex::new(None),
+    }))
 }
 
 impl PostgresSource {
@@ -177,50 +194,149 @@ impl PostgresSource {
         Ok((Schema::new(fields), kinds))
     }
 
-    async fn relation(&self) -> Result<Relation> {
+    /// The relation to scan, reading only the rows above `last_mark` (the
+    /// previous run's high-water mark) when `incrementalColumn` is set; and
+    /// the high-water mark this run reaches.
+    async fn relation(&self, last_mark: Option<i64>) -> Result<(Relation, Option<i64>)> {
         let connector = Arc::new(
             Connector::new(&self.config.url, self.password()?).map_err(ConnectorError::Rejected)?,
         );
         let (schema, kinds) = self.describe(&connector).await?;
+        let kind_of = |key: &str, column: &str| {
+            let index = schema.index_of(column).map_err(|_| {
+                ConnectorError::Rejected(format!(
+                    "{key} \"{column}\" is not a column of the relation"
+                ))
+            })?;
+            Ok::<_, ConnectorError>(&kinds[index])
+        };
+        let mut window = None;
+        let mut reached = None;
+        if let Some(column) = &self.config.incremental_column {
+            let kind = kind_of("incrementalColumn", column)?;
+            let range = RangeKind::of(kind).ok_or_else(|| {
+                ConnectorError::Rejected(format!(
+                    "incrementalColumn \"{column}\" must be an integer, date or timestamp column, not {}",
+                    kind.data_type()
+                ))
+            })?;
+            let high = range
+                .max_above(&connector, &self.from, column, last_mark)
+                .await
+                .map_err(|e| {
+                    e.with_postgres_context(
+                        &format!(" of the high-water mark of incrementalColumn \"{column}\""),
+                        "",
+                    )
+                })?;
+            let column = sql::ident(column);
+            // Bounded above too: rows arriving during the run wait for the
+            // next one, whose window starts exactly at this run's mark.
+            window = Some(match (last_mark, high) {
+                (_, None) => "FALSE".to_string(),
+                (None, Some(high)) => format!("{column} <= {}", range.sql(high)),
+                (Some(low), Some(high)) => format!(
+                    "{column} > {} AND {column} <= {}",
+                    range.sql(low),
+                    range.sql(high)
+                ),
+            });
+            let after = last_mark.map_or_else(
+                || "from the start".to_string(),
+                |m| format!("above {}", range.sql(m)),
+            );
+            match high {
+                Some(high) => tracing::info!(
+                    "incrementalColumn {column}: reading rows {after} up to {}",
+                    range.sql(high)
+                ),
+                None => tracing::info!("incrementalColumn {column}: no rows {after}"),
+            }
+            reached = high.or(last_mark);
+        }
         let partitions = match &self.config.partition_column {
             Some(column) => {
-                let index = schema.index_of(column).map_err(|_| {
-                    ConnectorError::Rejected(format!(
-                        "partitionColumn \"{column}\" is not a column of the relation"
-                    ))
-                })?;
+                let from = match &window {
+                    Some(window) => {
+                        format!("(SELECT * FROM {} WHERE {window}) AS \"w\"", self.from)
+                    }
+                    None => self.from.clone(),
+                };
                 Partitioning {
                     column,
-                    kind: &kinds[index],
+                    kind: kind_of("partitionColumn", column)?,
                     count: self.config.num_partitions.unwrap_or(1),
                     lower: self.config.lower_bound.as_ref(),
                     upper: self.config.upper_bound.as_ref(),
                 }
-                .predicates(&connector, &self.from)
+                .predicates(&connector, &from)
                 .await?
             }
             None => vec![None],
         };
-        Ok(Relation {
+        let relation = Relation {
             connector,
             from: self.from.clone(),
             kinds,
             schema: Arc::new(schema),
-            predicates: Vec::new(),
+            predicates: window.into_iter().collect(),
             partitions,
             batch_size: self.config.batch_size,
             retries: self.config.retries,
-        })
+        };
+        Ok((relation, reached))
+    }
+
+    /// The previous run's high-water mark: recorded by the sinks, else kept
+    /// in the state file (which this run then updates after its commit).
+    fn last_mark(&self, column: &str, resume: &Resume) -> Result<Option<i64>, BoxError> {
+        if resume.recorded_by_sinks {
+            return Ok(resume.marks.get(column).copied());
+        }
+        let dir = self.config.state_dir.as_ref().ok_or_else(|| {
+            ConnectorError::Rejected(
+                "incrementalColumn needs a place to record the high-water mark. Help: load into \
+                 toDeltaLake, which records it in the same commit as the rows, or set stateDir \
+                 to keep it in a local file"
+                    .into(),
+            )
+        })?;
+        let file = StateFile::new(Path::new(dir), &resume.scope);
+        let last = file.load()?.get(column).copied();
+        *self.state_file.lock().expect("state file lock") = Some(file);
+        Ok(last)
     }
 }
 
 #[async_trait]
 impl Source for PostgresSource {
-    async fn table_provider(
-        &self,
-        _state: &SessionState,
-    ) -> Result<Arc<dyn TableProvider>, BoxError> {
-        Ok(Arc::new(PostgresTable::new(self.relation().await?)))
+    fn resume_keys(&self) -> Vec<String> {
+        self.config.incremental_column.iter().cloned().collect()
+    }
+
+    async fn open(&self, _state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+        let last_mark = match &self.config.incremental_column {
+            Some(column) => self.last_mark(column, resume)?,
+            None => None,
+        };
+        let (relation, reached) = self.relation(last_mark).await?;
+        Ok(Opened {
+            provider: Arc::new(PostgresTable::new(relation)),
+            marks: self
+                .config
+                .incremental_column
+                .iter()
+                .zip(reached)
+                .map(|(column, mark)| (column.clone(), mark))
+                .collect(),
+        })
+    }
+
+    async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {
+        if let Some(file) = self.state_file.lock().expect("state file lock").as_ref() {
+            file.store(marks)?;
+        }
+        Ok(())
     }
 }
 

@@ -27,9 +27,10 @@ pub(crate) enum Bound {
     Text(String),
 }
 
-/// The types a partition column may have, by how bounds are compared.
+/// The types a partition or incremental column may have, by how bounds are
+/// compared. Values are handled in Arrow units (days, microseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RangeKind {
+pub(crate) enum RangeKind {
     Integer,
     Date,
     Timestamp,
@@ -37,7 +38,8 @@ enum RangeKind {
 }
 
 impl RangeKind {
-    fn of(kind: &PgKind) -> Option<RangeKind> {
+    /// The range kind of a column kind, `None` for other types.
+    pub(crate) fn of(kind: &PgKind) -> Option<RangeKind> {
         match kind {
             PgKind::Int2 | PgKind::Int4 | PgKind::Int8 => Some(RangeKind::Integer),
             PgKind::Date => Some(RangeKind::Date),
@@ -58,7 +60,7 @@ impl RangeKind {
     }
 
     /// A bound value (Arrow units) as a SQL literal.
-    fn sql(self, value: i64) -> String {
+    pub(crate) fn sql(self, value: i64) -> String {
         let text = match self {
             RangeKind::Integer => Some(value.to_string()),
             RangeKind::Date => i32::try_from(value).ok().and_then(date_sql),
@@ -140,7 +142,7 @@ impl Partitioning<'_> {
         from: &str,
         kind: RangeKind,
     ) -> Result<Option<(i64, i64)>> {
-        let (type_name, pg_kind) = kind.pg();
+        let type_name = kind.pg().0;
         let bound = |given: Option<&Bound>, aggregate: &str| match given {
             Some(Bound::Number(n)) => Ok(format!("CAST({n} AS {type_name})")),
             Some(Bound::Text(text)) => literal(text)
@@ -159,31 +161,61 @@ impl Partitioning<'_> {
         if self.lower.is_none() || self.upper.is_none() {
             select.push_str(&format!(" FROM {from}"));
         }
-        let field = |name| Field::new(name, pg_kind.data_type(), true);
-        let schema = Arc::new(Schema::new(vec![field("low"), field("high")]));
-        let mut reader =
-            CopyReader::open(connector, &select, schema, &[pg_kind.clone(), pg_kind], 1)
-                .await
-                .map_err(|e| bounds_error(e, self.column))?;
-        let Some(batch) = reader
-            .next_batch(connector)
+        let values = kind
+            .values(connector, &select, 2)
             .await
-            .map_err(|e| bounds_error(e, self.column))?
-        else {
-            return Ok(None);
+            .map_err(|e| bounds_error(e, self.column))?;
+        Ok(values[0].zip(values[1]))
+    }
+}
+
+impl RangeKind {
+    /// The largest value of `column` in `from` above `after` (of all its
+    /// values when `None`); `None` when there is none.
+    pub(crate) async fn max_above(
+        self,
+        connector: &Connector,
+        from: &str,
+        column: &str,
+        after: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let column = ident(column);
+        let mut select = format!("SELECT CAST(max({column}) AS {}) FROM {from}", self.pg().0);
+        if let Some(after) = after {
+            select.push_str(&format!(" WHERE {column} > {}", self.sql(after)));
+        }
+        Ok(self.values(connector, &select, 1).await?[0])
+    }
+
+    /// The `count` values of the one row `select` returns, each read as this
+    /// kind (NULL → `None`).
+    async fn values(
+        self,
+        connector: &Connector,
+        select: &str,
+        count: usize,
+    ) -> Result<Vec<Option<i64>>> {
+        let pg_kind = self.pg().1;
+        let fields: Vec<Field> = (0..count)
+            .map(|i| Field::new(format!("v{i}"), pg_kind.data_type(), true))
+            .collect();
+        let kinds = vec![pg_kind; count];
+        let mut reader =
+            CopyReader::open(connector, select, Arc::new(Schema::new(fields)), &kinds, 1).await?;
+        let Some(batch) = reader.next_batch(connector).await? else {
+            return Ok(vec![None; count]);
         };
-        let value = |i: usize| -> Option<i64> {
-            let array = batch.column(i);
-            if array.is_null(0) {
-                return None;
-            }
-            Some(match array.data_type() {
-                DataType::Int64 => array.as_primitive::<Int64Type>().value(0),
-                DataType::Date32 => i64::from(array.as_primitive::<Date32Type>().value(0)),
-                _ => array.as_primitive::<TimestampMicrosecondType>().value(0),
+        Ok(batch
+            .columns()
+            .iter()
+            .map(|array| {
+                (!array.is_null(0)).then(|| match array.data_type() {
+                    DataType::Int64 => array.as_primitive::<Int64Type>().value(0),
+                    DataType::Date32 => i64::from(array.as_primitive::<Date32Type>().value(0)),
+                    _ => array.as_primitive::<TimestampMicrosecondType>().value(0),
+                })
             })
-        };
-        Ok(value(0).zip(value(1)))
+            .collect())
     }
 }
 
