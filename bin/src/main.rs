@@ -3,6 +3,7 @@
 
 mod history;
 mod observe;
+mod progress;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,11 @@ use dataflow_engine::ops::runner::Trigger;
 use dataflow_engine::ops::schedule::{run_schedules, Job};
 use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
 use dataflow_engine::plan::Pipeline;
-use dataflow_engine::spec::PipelineSpec;
+use dataflow_engine::spec::{Mode, PipelineSpec};
+use dataflow_engine::stream::run_stream;
 use dataflow_engine::{Error, Result};
 use observe::Observer;
+use progress::Progress;
 
 /// Run JSON-configured data pipelines (extract → transform → load) on
 /// Apache DataFusion.
@@ -221,13 +224,33 @@ async fn main_inner(cli: &Cli) -> Result<()> {
         }
         Command::Run(args) => {
             let spec = load_spec(&args.config, &args.sets)?;
+            if spec.mode == Mode::Streaming {
+                let shutdown = on_interrupt("stopping after the current batch's commit point");
+                let quiet = cli.quiet;
+                let summary = run_stream(&spec, &dataflow_connectors::registry(), shutdown, |batch| {
+                    if !quiet {
+                        eprintln!("{batch}");
+                    }
+                })
+                .await?;
+                eprintln!("{summary}");
+                return Ok(());
+            }
+            let progress = Progress::start(&spec.name, cli.quiet);
             let summary = observed(cli, async |observer| {
                 let shutdown = on_interrupt("cancelling the run");
-                let runner = observer.runner(&args.config);
+                let mut runner = observer.runner(&args.config);
+                if let Some(progress) = &progress {
+                    runner = runner.with_progress(progress.counter());
+                }
                 runner.run(&spec, Trigger::Manual, None, shutdown).await
             })
-            .await?;
-            eprint!("{summary}");
+            .await;
+            // The bar goes before the summary or the error is printed.
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            eprint!("{}", summary?);
         }
         Command::Schedule(args) => {
             observed(cli, async |observer| {

@@ -112,6 +112,54 @@ fn a_slow_pipeline_skips_slots_instead_of_overlapping() {
 }
 
 #[test]
+fn a_slow_pipeline_with_overlap_queue_runs_back_to_back() {
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    // Seconds of hashing: longer than the one-second period.
+    let config = write_config(
+        out.path(),
+        "queued.json",
+        r#"{"name": "queued", "schedule": "* * * * * *", "overlap": "queue", "steps": [
+            {"type": "transform", "method": "sql", "config": {"query": "SELECT count(*) AS n FROM (SELECT md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 20000000)) WHERE h LIKE 'a%'"}},
+            {"type": "load", "method": "toConsole", "config": {}}
+        ]}"#,
+    );
+    let child = start(out.path(), &config, &state);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while with_status(&history(&state), "succeeded").len() < 3
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop(child);
+
+    let records = history(&state);
+    let time =
+        |value: &Value| chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
+    let mut runs: Vec<&Value> = with_status(&records, "succeeded");
+    assert!(runs.len() >= 3, "three runs in two minutes: {records:?}");
+    runs.sort_by_key(|r| time(&r["start"]));
+    assert_no_overlap(&records);
+    // Each slot after the first came while the previous run was still busy:
+    // it waited in the queue instead of being skipped, and started as soon
+    // as that run ended.
+    for pair in runs.windows(2) {
+        let (previous, next) = (pair[0], pair[1]);
+        let (slot, start) = (time(&next["scheduledFor"]), time(&next["start"]));
+        let previous_end = time(&previous["end"]);
+        assert!(
+            slot < previous_end,
+            "queued while the previous run was busy: {pair:?}"
+        );
+        let gap = (start - previous_end).num_milliseconds();
+        assert!(
+            (0..5000).contains(&gap),
+            "started {gap} ms after the previous run ended: {pair:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_or_missing_schedules_are_config_errors() {
     let out = tempfile::tempdir().unwrap();
     let steps = r#""steps": [{"type": "load", "method": "toConsole", "input": "x", "config": {}}]"#;

@@ -7,8 +7,10 @@ mod console;
 mod delta;
 mod error;
 mod files;
+mod kafka;
 mod postgres;
 mod save_mode;
+mod scan_exec;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -23,6 +25,7 @@ pub fn registry() -> Registry {
         .source("fromFiles", files::source)
         .source("fromDeltaLake", delta::source)
         .source("fromPostgres", postgres::source)
+        .source("fromKafka", kafka::source)
         .sink("toFiles", files::sink)
         .sink("toDeltaLake", delta::sink)
         .sink("toConsole", console::sink)

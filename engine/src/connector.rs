@@ -41,6 +41,12 @@ pub struct Resume {
     /// The prefix of this source's mark app ids, `dataflow/<pipeline>/<step>`:
     /// unique per pipeline and step, to name state the source keeps itself.
     pub scope: String,
+    /// A micro-batch of a streaming run: a streaming source reads at most
+    /// its per-trigger limit. False for batch runs and trigger `once`.
+    pub micro_batch: bool,
+    /// Keys → positions not to read beyond (trigger `availableNow`: what was
+    /// available at start); a key absent here is bounded by the source.
+    pub until: HashMap<String, i64>,
 }
 
 /// A source opened for one run: its table and the positions the run reaches.
@@ -49,6 +55,9 @@ pub struct Opened {
     pub provider: Arc<dyn TableProvider>,
     /// Source key → position this run reads up to; committed with the data.
     pub marks: Vec<(String, i64)>,
+    /// Source key → position this run reads from, where it differs from the
+    /// resumed one (e.g. a first run's starting offsets).
+    pub start: HashMap<String, i64>,
 }
 
 impl Opened {
@@ -57,6 +66,7 @@ impl Opened {
         Opened {
             provider,
             marks: Vec::new(),
+            start: HashMap::new(),
         }
     }
 }
@@ -66,8 +76,20 @@ impl Opened {
 pub trait Source: Send + Sync + fmt::Debug {
     /// Keys of the positions this source resumes from; empty (the default)
     /// for sources that read everything every run.
-    fn resume_keys(&self) -> Vec<String> {
-        Vec::new()
+    async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
+        Ok(Vec::new())
+    }
+
+    /// True for an unbounded source (Kafka) that streaming pipelines read in
+    /// micro-batches; other sources are static: read once per stream.
+    fn is_stream(&self) -> bool {
+        false
+    }
+
+    /// A streaming source's positions available now (key → end): the
+    /// bound of trigger `availableNow`, and what lag is measured against.
+    async fn latest(&self) -> Result<HashMap<String, i64>, BoxError> {
+        Ok(HashMap::new())
     }
 
     /// Opens the source for a run that resumes at `resume` (schema inference

@@ -16,6 +16,7 @@ pub mod schema;
 pub mod secret;
 pub mod spec;
 pub mod state_file;
+pub mod stream;
 mod transform;
 
 pub use datafusion;

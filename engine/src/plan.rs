@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::Session;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::context::{QueryPlanner, SessionConfig, SessionContext};
@@ -21,6 +21,7 @@ use crate::cache::{cached_table, CacheState, StorageLevel};
 use crate::connector::{Mark, Registry, Resume, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
+use crate::stream::StreamState;
 use crate::transform;
 
 /// A load step ready to run: its sink and the plan that feeds it.
@@ -58,12 +59,45 @@ pub struct OpenedSource {
     app_id_prefix: String,
     /// Source key → position reached by this run.
     pub marks: Vec<(String, i64)>,
+    /// Source key → position this run started from (absent: the start).
+    pub start: HashMap<String, i64>,
+}
+
+/// A source's table for one run, and the positions it reads between.
+pub(crate) struct OpenedTable {
+    /// The table.
+    pub table: Arc<dyn TableProvider>,
+    /// Key → position reached.
+    pub marks: Vec<(String, i64)>,
+    /// Key → position started from.
+    pub start: HashMap<String, i64>,
 }
 
 impl OpenedSource {
     /// The globally unique app id of one of this source's keys.
-    fn app_id(&self, key: &str) -> String {
+    pub(crate) fn app_id(&self, key: &str) -> String {
         format!("{}/{key}", self.app_id_prefix)
+    }
+
+    /// The prefix of this source's app ids.
+    pub(crate) fn scope(&self) -> &str {
+        &self.app_id_prefix
+    }
+
+    /// Opens the source at `resume`.
+    pub(crate) async fn open(&self, ctx: &SessionContext, resume: Resume) -> Result<OpenedTable> {
+        let opened = self
+            .source
+            .open(&ctx.state(), &resume)
+            .await
+            .map_err(|e| Error::from_connector(&self.step, e))?;
+        let mut start = resume.marks;
+        start.extend(opened.start);
+        Ok(OpenedTable {
+            table: opened.provider,
+            marks: opened.marks,
+            start,
+        })
     }
 }
 
@@ -157,6 +191,17 @@ impl Pipeline {
     /// schemas (a missing input fails here, exit 1); SQL and operators are
     /// planned (a bad query fails here, exit 2). Nothing is executed.
     pub async fn compile(spec: &PipelineSpec, registry: &Registry) -> Result<Pipeline> {
+        Self::compile_with(spec, registry, None).await
+    }
+
+    /// [`compile`](Self::compile), for one micro-batch of a stream when
+    /// `stream` is given: its sources and sinks are reused, static sources
+    /// read once, and streaming sources resume where the last batch ended.
+    pub(crate) async fn compile_with(
+        spec: &PipelineSpec,
+        registry: &Registry,
+        mut stream: Option<&mut StreamState>,
+    ) -> Result<Pipeline> {
         let ctx = new_session(registry)?;
         let infos = spec.step_infos()?;
         let mut registered: HashMap<String, DataFrame> = HashMap::new();
@@ -168,10 +213,22 @@ impl Pipeline {
         // Sinks first: sources ask them where the last run left off.
         let mut sinks = HashMap::new();
         for info in infos.iter().filter(|i| i.kind == StepKind::Load) {
-            let factory = registry
-                .sink_factory(&info.step.method)
-                .ok_or_else(|| unknown_method(info, &registry.sink_methods()))?;
-            sinks.insert(info.step.index, factory(info)?);
+            let index = info.step.index;
+            let built = stream.as_ref().and_then(|s| s.sinks.get(&index).cloned());
+            let sink = match built {
+                Some(sink) => sink,
+                None => {
+                    let factory = registry
+                        .sink_factory(&info.step.method)
+                        .ok_or_else(|| unknown_method(info, &registry.sink_methods()))?;
+                    let sink = factory(info)?;
+                    if let Some(stream) = stream.as_mut() {
+                        stream.sinks.insert(index, sink.clone());
+                    }
+                    sink
+                }
+            };
+            sinks.insert(index, sink);
         }
 
         for info in infos {
@@ -179,30 +236,44 @@ impl Pipeline {
             let input = resolve_input(&info, &registered, &previous)?;
             let (output, cache) = match info.kind {
                 StepKind::Extract => {
-                    let factory = registry
-                        .source_factory(&info.step.method)
-                        .ok_or_else(|| unknown_method(&info, &registry.source_methods()))?;
-                    let source = factory(&info)?;
+                    let index = info.step.index;
+                    let built = stream.as_ref().and_then(|s| s.sources.get(&index).cloned());
+                    let source = match built {
+                        Some(source) => source,
+                        None => {
+                            let factory = registry
+                                .source_factory(&info.step.method)
+                                .ok_or_else(|| unknown_method(&info, &registry.source_methods()))?;
+                            let source = factory(&info)?;
+                            if let Some(stream) = stream.as_mut() {
+                                stream.sources.insert(index, source.clone());
+                            }
+                            source
+                        }
+                    };
                     let label = info
                         .step
                         .name
                         .clone()
-                        .unwrap_or_else(|| format!("steps[{}]", info.step.index));
+                        .unwrap_or_else(|| format!("steps[{index}]"));
                     let mut opened = OpenedSource {
                         step: info.step.clone(),
                         source,
                         app_id_prefix: format!("dataflow/{}/{label}", spec.name),
                         marks: Vec::new(),
+                        start: HashMap::new(),
                     };
-                    let resume = resume_point(&opened, sinks.values()).await?;
-                    let table = opened
-                        .source
-                        .open(&ctx.state(), &resume)
-                        .await
-                        .map_err(|e| Error::from_connector(&info.step, e))?;
-                    opened.marks = table.marks;
+                    let provider = match stream.as_mut() {
+                        Some(stream) => stream.open(&opened, &ctx, sinks.values()).await?,
+                        None => {
+                            let resume = resume_point(&opened, sinks.values()).await?;
+                            opened.open(&ctx, resume).await?
+                        }
+                    };
+                    opened.marks = provider.marks;
+                    opened.start = provider.start;
                     sources.push(opened);
-                    (ctx.read_table(table.provider)?, None)
+                    (ctx.read_table(provider.table)?, None)
                 }
                 StepKind::Transform => {
                     let out = transform::apply(&ctx, &info, input.map(|(_, df)| df)).await?;
@@ -331,11 +402,15 @@ impl Pipeline {
 /// Asks every sink where `source` left off: per key, the lowest version any
 /// mark-recording sink holds (so no sink misses data); a key some such sink
 /// lacks is absent (start from the beginning).
-async fn resume_point<'a>(
+pub(crate) async fn resume_point<'a>(
     source: &OpenedSource,
     sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
 ) -> Result<Resume> {
-    let keys = source.source.resume_keys();
+    let keys = source
+        .source
+        .resume_keys()
+        .await
+        .map_err(|e| Error::from_connector(&source.step, e))?;
     let mut resume = Resume {
         scope: source.app_id_prefix.clone(),
         ..Resume::default()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::commit::CommitGate;
 use crate::connector::{SinkReport, WriteContext};
 use crate::error::{Error, Result, StepRef};
+use crate::ops::progress::{counted, RowCounter};
 use crate::plan::Pipeline;
 use crate::spec::StepKind;
 
@@ -44,6 +45,16 @@ impl Pipeline {
     /// Runs every load concurrently and commits all of them, or none if any
     /// fails or `cancel` resolves before the commit point.
     pub async fn run(&self, cancel: impl Future<Output = ()>) -> Result<RunSummary> {
+        self.run_counted(cancel, None).await
+    }
+
+    /// [`run`](Self::run), counting the rows passed to the loads in
+    /// `progress` as they go.
+    pub async fn run_counted(
+        &self,
+        cancel: impl Future<Output = ()>,
+        progress: Option<&RowCounter>,
+    ) -> Result<RunSummary> {
         let started = Instant::now();
         let gates = CommitGate::for_participants(self.loads.len());
         let marks = self.marks();
@@ -60,7 +71,12 @@ impl Pipeline {
             })
             .map(|(load, gate, ctx)| async move {
                 let t = Instant::now();
-                match load.sink.write(load.input.clone(), ctx).await {
+                let input = match progress {
+                    Some(counter) => counted(load.input.clone(), counter)
+                        .map_err(|e| (gate.abort(), Error::step(&load.step, e)))?,
+                    None => load.input.clone(),
+                };
+                match load.sink.write(input, ctx).await {
                     Ok(report) => {
                         // A sink with nothing to stage (console) may never call
                         // ready(); count it as ready so the others can commit.

@@ -25,6 +25,7 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode as DeltaSaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
+use datafusion::arrow::array::RecordBatch;
 use serde::Deserialize;
 use url::Url;
 
@@ -422,4 +423,15 @@ impl Sink for DeltaSink {
         }
         Ok(Some(recorded))
     }
+}
+
+/// Appends `batch` to the Delta table at `path`, creating it if needed: for
+/// side outputs such as a dead-letter table.
+pub(crate) async fn append(path: &str, batch: RecordBatch) -> Result<()> {
+    DeltaTable::try_from_url(table_url(path)?)
+        .await?
+        .write(vec![batch])
+        .with_save_mode(DeltaSaveMode::Append)
+        .await?;
+    Ok(())
 }

@@ -310,8 +310,8 @@ impl PostgresSource {
 
 #[async_trait]
 impl Source for PostgresSource {
-    fn resume_keys(&self) -> Vec<String> {
-        self.config.incremental_column.iter().cloned().collect()
+    async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
+        Ok(self.config.incremental_column.iter().cloned().collect())
     }
 
     async fn open(&self, _state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
@@ -329,6 +329,7 @@ impl Source for PostgresSource {
                 .zip(reached)
                 .map(|(column, mark)| (column.clone(), mark))
                 .collect(),
+            start: Default::default(),
         })
     }
 

@@ -153,6 +153,21 @@ impl PgServer {
         }
     }
 
+    /// Stops the server (fast shutdown): connections to its port are then
+    /// refused until [`PgServer::restart`].
+    pub fn stop(&self) -> io::Result<()> {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"]))
+    }
+
+    /// Starts a stopped server again, on the same port.
+    pub fn restart(&self) -> io::Result<()> {
+        self.pg_ctl_start()
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port

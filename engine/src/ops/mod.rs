@@ -6,6 +6,7 @@
 
 pub mod history;
 pub mod metrics;
+pub mod progress;
 pub mod retry;
 pub mod runner;
 pub mod schedule;

@@ -9,6 +9,7 @@ use crate::connector::Registry;
 use crate::error::{Error, Result};
 use crate::ops::history::{History, RunRecord, Status, StepRecord};
 use crate::ops::metrics::Metrics;
+use crate::ops::progress::RowCounter;
 use crate::ops::retry::{classify, retry, RetryPolicy};
 use crate::ops::shutdown::Shutdown;
 use crate::plan::Pipeline;
@@ -24,6 +25,7 @@ pub struct Runner {
     registry: Registry,
     history: History,
     metrics: Metrics,
+    progress: Option<RowCounter>,
 }
 
 impl Runner {
@@ -33,7 +35,15 @@ impl Runner {
             registry,
             history,
             metrics,
+            progress: None,
         }
+    }
+
+    /// Counts the rows each attempt passes to its loads in `counter` (reset
+    /// at the start of every attempt), for a progress display.
+    pub fn with_progress(mut self, counter: RowCounter) -> Self {
+        self.progress = Some(counter);
+        self
     }
 
     /// The history runs are recorded in.
@@ -73,8 +83,13 @@ impl Runner {
             let shutdown = shutdown.clone();
             async move {
                 let result = async {
+                    if let Some(counter) = &self.progress {
+                        counter.reset();
+                    }
                     let pipeline = Pipeline::compile(spec, &self.registry).await?;
-                    pipeline.run(shutdown.wait()).await
+                    pipeline
+                        .run_counted(shutdown.wait(), self.progress.as_ref())
+                        .await
                 }
                 .await;
                 self.record(record, &result);

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result, StepRef};
 use crate::ops::schedule::CronSchedule;
+use crate::stream::Trigger;
 pub use overrides::{apply_set, substitute_env};
 
 /// A whole pipeline as written in its JSON file.
@@ -52,6 +53,25 @@ pub struct PipelineSpec {
     /// The delays between retries.
     #[serde(default, rename = "retryBackoff")]
     pub retry_backoff: Backoff,
+    /// Streaming: when micro-batches run (see [`Trigger`]); may also sit in
+    /// a load step's config, where the Spark app wrote it.
+    #[serde(default)]
+    pub trigger: Option<Value>,
+    /// Streaming into sinks that cannot record source positions in their
+    /// own commit (files, console): the directory of the offset log. May
+    /// also sit in a load step's config.
+    #[serde(default, rename = "checkpointLocation")]
+    pub checkpoint_location: Option<String>,
+}
+
+/// The streaming keys of a pipeline, gathered from the top level and the
+/// load steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// When micro-batches run.
+    pub trigger: Trigger,
+    /// The offset log directory, if any.
+    pub checkpoint_location: Option<String>,
 }
 
 /// `overlap`: a pipeline never runs twice at the same time.
@@ -108,6 +128,9 @@ impl Default for Backoff {
     }
 }
 
+/// Keys of a load step's config that are the pipeline's streaming settings.
+const STREAM_KEYS: [&str; 2] = ["trigger", "checkpointLocation"];
+
 /// How a pipeline runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +138,7 @@ pub enum Mode {
     /// Run the plan once and commit.
     #[default]
     Batch,
-    /// Micro-batch loop (not available in this build).
+    /// A loop of micro-batches over the new data of streaming sources.
     Streaming,
 }
 
@@ -258,6 +281,11 @@ impl PipelineSpec {
                         ))
                     }
                 };
+                if step.kind == StepKind::Load {
+                    for key in STREAM_KEYS {
+                        config.remove(key);
+                    }
+                }
                 let cache = match config.remove("cache") {
                     None => false,
                     Some(Value::Bool(b)) => b,
@@ -360,9 +388,71 @@ impl PipelineSpec {
         CronSchedule::parse(expr, self.timezone.as_deref()).map(Some)
     }
 
+    /// `trigger` and `checkpointLocation`, each from the top level or one
+    /// load step; an error if they are set in two places or in batch mode.
+    pub fn stream_settings(&self) -> Result<StreamSettings> {
+        let mut found: [Option<(String, Value)>; 2] = [
+            self.trigger.clone().map(|v| ("trigger".to_string(), v)),
+            self.checkpoint_location
+                .clone()
+                .map(|v| ("checkpointLocation".to_string(), Value::String(v))),
+        ];
+        for (index, step) in self.steps.iter().enumerate() {
+            for (slot, key) in found.iter_mut().zip(STREAM_KEYS) {
+                let Some(value) = step.config.get(key) else {
+                    continue;
+                };
+                let path = format!("steps[{index}].config.{key}");
+                if step.kind != StepKind::Load {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        format!("{key} belongs in a load step or at the top level"),
+                    ));
+                }
+                if let Some((first, _)) = slot {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        format!("{key} is already set at {first}"),
+                    ));
+                }
+                *slot = Some((path, value.clone()));
+            }
+        }
+        let [trigger, checkpoint] = found;
+        let mut settings = StreamSettings::default();
+        if let Some((path, value)) = trigger {
+            if self.mode != Mode::Streaming {
+                return Err(Error::config(
+                    path,
+                    None,
+                    "trigger only applies with \"mode\": \"streaming\"",
+                ));
+            }
+            settings.trigger = Trigger::parse(&value).map_err(|m| Error::config(path, None, m))?;
+        }
+        if let Some((path, value)) = checkpoint {
+            match value {
+                Value::String(dir) if !dir.trim().is_empty() => {
+                    settings.checkpoint_location = Some(dir)
+                }
+                _ => {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        "checkpointLocation must be a directory path",
+                    ))
+                }
+            }
+        }
+        Ok(settings)
+    }
+
     /// Checks the scheduling and retry keys.
     fn check_operations(&self) -> Result<()> {
         self.cron_schedule()?;
+        self.stream_settings()?;
         if self.schedule.is_some() && self.mode != Mode::Batch {
             return Err(Error::config(
                 "schedule",

@@ -1,0 +1,54 @@
+//! librdkafka client settings shared by `fromKafka` and `toKafka`: the
+//! bootstrap servers plus every `kafka.*` key of the step, passed through
+//! (values are secrets: SASL passwords travel here).
+
+use std::collections::BTreeMap;
+
+use dataflow_engine::secret::Secret;
+use dataflow_engine::spec::StepInfo;
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+/// Connection settings of one Kafka step.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSettings {
+    /// `host:port,...`.
+    pub bootstrap_servers: String,
+    /// `kafka.<name>` keys, without the prefix.
+    pub passthrough: BTreeMap<String, Secret>,
+}
+
+impl ClientSettings {
+    /// Takes the `kafka.*` keys out of `info`'s config (so the typed config
+    /// can reject unknown keys) and returns them with `bootstrap_servers`.
+    pub(crate) fn take_passthrough(info: &mut StepInfo) -> dataflow_engine::Result<BTreeMap<String, Secret>> {
+        let keys: Vec<String> = info
+            .config
+            .keys()
+            .filter(|k| k.starts_with("kafka."))
+            .cloned()
+            .collect();
+        let mut passthrough = BTreeMap::new();
+        for key in keys {
+            let value = info.config.remove(&key).expect("listed key");
+            let text = match value {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return Err(info.error(&key, "must be a string, number or boolean")),
+            };
+            passthrough.insert(key["kafka.".len()..].to_string(), Secret::new(text));
+        }
+        Ok(passthrough)
+    }
+
+    /// A librdkafka config with these settings.
+    pub(crate) fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.passthrough {
+            config.set(key, value.expose());
+        }
+        config
+    }
+}

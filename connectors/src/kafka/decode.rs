@@ -1,0 +1,237 @@
+//! Kafka records → Arrow: `format: "raw"` gives Spark's columns (key, value,
+//! topic, partition, offset, timestamp, timestampType); `format: "json"`
+//! decodes each value with a schema into columns, plus `_key`, `_topic`,
+//! `_partition`, `_offset` and `_timestamp`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::ReaderBuilder;
+use rdkafka::message::{BorrowedMessage, Message, Timestamp};
+
+/// How record values are read.
+#[derive(Debug, Clone)]
+pub(crate) enum Format {
+    /// Bytes as they are.
+    Raw,
+    /// One JSON object per value, read with these columns.
+    Json(SchemaRef),
+}
+
+impl Format {
+    /// The columns of the table.
+    pub(crate) fn output_schema(&self) -> SchemaRef {
+        let timestamp = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        match self {
+            Format::Raw => Arc::new(Schema::new(vec![
+                Field::new("key", DataType::Binary, true),
+                Field::new("value", DataType::Binary, true),
+                Field::new("topic", DataType::Utf8, false),
+                Field::new("partition", DataType::Int32, false),
+                Field::new("offset", DataType::Int64, false),
+                Field::new("timestamp", timestamp, true),
+                Field::new("timestampType", DataType::Int32, false),
+            ])),
+            Format::Json(schema) => {
+                let mut fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect();
+                fields.extend([
+                    Field::new("_key", DataType::Utf8, true),
+                    Field::new("_topic", DataType::Utf8, false),
+                    Field::new("_partition", DataType::Int32, false),
+                    Field::new("_offset", DataType::Int64, false),
+                    Field::new("_timestamp", timestamp, true),
+                ]);
+                Arc::new(Schema::new(fields))
+            }
+        }
+    }
+}
+
+/// Records of one partition waiting to be decoded.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// The values, each followed by a newline.
+    values: Vec<u8>,
+    /// Where each value sits in `values` (before its newline); `None`: the
+    /// record has no value.
+    value_ranges: Vec<Option<(usize, usize)>>,
+    keys: Vec<Option<Vec<u8>>>,
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+    timestamp_types: Vec<i32>,
+}
+
+/// A record whose value could not be decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct BadRecord {
+    /// Its offset.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub value: Option<Vec<u8>>,
+    /// Why it could not be decoded.
+    pub error: String,
+}
+
+impl Pending {
+    /// Adds a consumed record.
+    pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>) {
+        let range = message.payload().map(|payload| {
+            let start = self.values.len();
+            self.values.extend_from_slice(payload);
+            (start, self.values.len())
+        });
+        self.values.push(b'\n');
+        self.value_ranges.push(range);
+        self.keys.push(message.key().map(<[u8]>::to_vec));
+        self.offsets.push(message.offset());
+        let (timestamp, kind) = match message.timestamp() {
+            Timestamp::NotAvailable => (None, -1),
+            Timestamp::CreateTime(t) => (Some(t), 0),
+            Timestamp::LogAppendTime(t) => (Some(t), 1),
+        };
+        self.timestamps.push(timestamp);
+        self.timestamp_types.push(kind);
+    }
+
+    /// Records held.
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        self.value_ranges[i].map(|(start, end)| &self.values[start..end])
+    }
+
+    /// Decodes the records of `topic`/`partition` with `format`: the rows,
+    /// and the records that could not be decoded (JSON only).
+    pub(crate) fn decode(
+        self,
+        format: &Format,
+        output: &SchemaRef,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(RecordBatch, Vec<BadRecord>), ArrowError> {
+        let n = self.len();
+        let (mut columns, kept, bad): (Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>) = match format {
+            Format::Raw => {
+                let values: BinaryArray = (0..n).map(|i| self.value(i)).collect();
+                (vec![self.key_array(0..n), Arc::new(values)], (0..n).collect(), Vec::new())
+            }
+            Format::Json(schema) => {
+                let (batch, kept, bad) = self.decode_json(schema)?;
+                (batch.columns().to_vec(), kept, bad)
+            }
+        };
+        let kept_len = kept.len();
+        let topics: StringArray = std::iter::repeat_n(Some(topic), kept_len).collect();
+        let partitions = Int32Array::from(vec![partition; kept_len]);
+        let offsets: Int64Array = kept.iter().map(|&i| self.offsets[i]).collect();
+        let timestamps: TimestampMillisecondArray = kept
+            .iter()
+            .map(|&i| self.timestamps[i])
+            .collect::<TimestampMillisecondArray>()
+            .with_timezone("UTC");
+        match format {
+            Format::Raw => {
+                let kinds: Int32Array = kept.iter().map(|&i| self.timestamp_types[i]).collect();
+                columns.extend([
+                    Arc::new(topics) as ArrayRef,
+                    Arc::new(partitions),
+                    Arc::new(offsets),
+                    Arc::new(timestamps),
+                    Arc::new(kinds),
+                ]);
+            }
+            Format::Json(_) => {
+                let keys: StringArray = kept
+                    .iter()
+                    .map(|&i| self.keys[i].as_deref().map(String::from_utf8_lossy))
+                    .collect();
+                columns.extend([
+                    Arc::new(keys) as ArrayRef,
+                    Arc::new(topics),
+                    Arc::new(partitions),
+                    Arc::new(offsets),
+                    Arc::new(timestamps),
+                ]);
+            }
+        }
+        Ok((RecordBatch::try_new(output.clone(), columns)?, bad))
+    }
+
+    fn key_array(&self, rows: std::ops::Range<usize>) -> ArrayRef {
+        let keys: BinaryArray = rows.map(|i| self.keys[i].as_deref()).collect();
+        Arc::new(keys)
+    }
+
+    /// All values in one pass; on any failure, value by value to find the
+    /// bad ones.
+    fn decode_json(
+        &self,
+        schema: &SchemaRef,
+    ) -> Result<(RecordBatch, Vec<usize>, Vec<BadRecord>), ArrowError> {
+        let n = self.len();
+        let whole = (|| {
+            let mut decoder = ReaderBuilder::new(schema.clone())
+                .with_batch_size(n.max(1))
+                .build_decoder()?;
+            if decoder.decode(&self.values)? != self.values.len() {
+                return Ok(None);
+            }
+            decoder.flush()
+        })();
+        if let Ok(Some(batch)) = whole {
+            if batch.num_rows() == n && self.value_ranges.iter().all(Option::is_some) {
+                return Ok((batch, (0..n).collect(), Vec::new()));
+            }
+        }
+        let mut rows = Vec::new();
+        let mut kept = Vec::new();
+        let mut bad = Vec::new();
+        for i in 0..n {
+            match decode_one(schema, self.value(i)) {
+                Ok(row) => {
+                    rows.push(row);
+                    kept.push(i);
+                }
+                Err(error) => bad.push(BadRecord {
+                    offset: self.offsets[i],
+                    key: self.keys[i].clone(),
+                    value: self.value(i).map(<[u8]>::to_vec),
+                    error,
+                }),
+            }
+        }
+        Ok((concat_batches(schema, &rows)?, kept, bad))
+    }
+}
+
+/// One value as one row, or why not.
+fn decode_one(schema: &SchemaRef, value: Option<&[u8]>) -> Result<RecordBatch, String> {
+    let value = value.ok_or("the record has no value (a tombstone)")?;
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_batch_size(2)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder.decode(value).map_err(|e| e.to_string())?;
+    match decoder.flush().map_err(|e| e.to_string())? {
+        Some(batch) if batch.num_rows() == 1 => Ok(batch),
+        Some(batch) if batch.num_rows() > 1 => Err(format!(
+            "the value holds {} JSON values, not one object",
+            batch.num_rows()
+        )),
+        _ => Err("the value is empty".into()),
+    }
+}

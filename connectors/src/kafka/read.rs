@@ -1,0 +1,262 @@
+//! Reading one partition's offset range with its own consumer (assigned,
+//! never joining a group), decoding as records arrive.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::Sender;
+
+use super::client::ClientSettings;
+use super::decode::{BadRecord, Format, Pending};
+use crate::scan_exec::PartitionReader;
+
+/// A read that makes no progress for this long fails (the broker is gone).
+const STALL: Duration = Duration::from_secs(60);
+
+/// What to do with a record whose value cannot be decoded.
+#[derive(Debug)]
+pub(crate) enum OnDecodeError {
+    /// Fail the batch, naming the record.
+    Fail,
+    /// Drop it; counted.
+    Skip(AtomicU64),
+    /// Append it, with the reason, to the Delta table at this path.
+    DeadLetter(String),
+}
+
+/// What every partition read of one `fromKafka` step shares.
+#[derive(Debug)]
+pub(crate) struct ReadSettings {
+    /// Where to connect.
+    pub client: ClientSettings,
+    /// How values are decoded.
+    pub format: Format,
+    /// The full table schema.
+    pub schema: SchemaRef,
+    /// Records per Arrow batch.
+    pub batch_size: usize,
+    /// Bad values.
+    pub on_decode_error: OnDecodeError,
+}
+
+/// One partition's offsets `[start, end)`, read into `projection` columns.
+#[derive(Debug)]
+pub(crate) struct RangeRead {
+    pub settings: Arc<ReadSettings>,
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+    pub projection: Option<Vec<usize>>,
+}
+
+impl PartitionReader for RangeRead {
+    fn describe(&self) -> String {
+        format!(
+            "{}/{} offsets {}..{}",
+            self.topic, self.partition, self.start, self.end
+        )
+    }
+
+    fn read(&self, tx: Sender<DfResult<RecordBatch>>) -> BoxFuture<'static, DfResult<()>> {
+        let read = RangeRead {
+            settings: self.settings.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            start: self.start,
+            end: self.end,
+            projection: self.projection.clone(),
+        };
+        let runtime = tokio::runtime::Handle::current();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read.run(&tx, &runtime))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        })
+    }
+}
+
+impl RangeRead {
+    fn error(&self, offset: i64, message: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::External(
+            format!(
+                "reading Kafka {}/{} at offset {offset}: {message}",
+                self.topic, self.partition
+            )
+            .into(),
+        )
+    }
+
+    fn run(
+        &self,
+        tx: &Sender<DfResult<RecordBatch>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> DfResult<()> {
+        let consumer: BaseConsumer = self
+            .settings
+            .client
+            .config()
+            .set("group.id", "dataflow-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .create()
+            .map_err(|e| self.error(self.start, e))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.topic, self.partition, Offset::Offset(self.start))
+            .and_then(|_| consumer.assign(&assignment))
+            .map_err(|e| self.error(self.start, e))?;
+        let mut pending = Pending::default();
+        let mut next = self.start;
+        let mut progress = Instant::now();
+        let mut last_error: Option<KafkaError> = None;
+        while next < self.end {
+            if tx.is_closed() {
+                return Ok(());
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    progress = Instant::now();
+                    if message.offset() >= self.end {
+                        break;
+                    }
+                    next = message.offset() + 1;
+                    pending.push(&message);
+                    if pending.len() >= self.settings.batch_size
+                        && !self.send(std::mem::take(&mut pending), tx, runtime)?
+                    {
+                        return Ok(());
+                    }
+                }
+                // Nothing more in the partition (the range ends in
+                // transaction markers or compacted records).
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    return Err(self.error(
+                        next,
+                        "the offset is no longer in Kafka (deleted by retention?). Help: set failOnDataLoss to false to skip what was lost",
+                    ));
+                }
+                // Broker restarts and the like: librdkafka reconnects.
+                Some(Err(e)) => {
+                    tracing::debug!("Kafka {}/{}: {e}", self.topic, self.partition);
+                    last_error = Some(e);
+                }
+                None => {}
+            }
+            if progress.elapsed() > STALL {
+                let cause = last_error.map_or("no records arrive".to_string(), |e| e.to_string());
+                return Err(self.error(
+                    next,
+                    format!("no progress for {}s: {cause}", STALL.as_secs()),
+                ));
+            }
+        }
+        if pending.len() > 0 {
+            self.send(pending, tx, runtime)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes `pending` and sends the rows; false when the consumer is gone.
+    fn send(
+        &self,
+        pending: Pending,
+        tx: &Sender<DfResult<RecordBatch>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> DfResult<bool> {
+        let settings = &self.settings;
+        let (batch, bad) = pending.decode(
+            &settings.format,
+            &settings.schema,
+            &self.topic,
+            self.partition,
+        )?;
+        if let Some(first) = bad.first() {
+            match &settings.on_decode_error {
+                OnDecodeError::Fail => {
+                    return Err(self.error(
+                        first.offset,
+                        format!(
+                            "cannot decode the value: {}. Help: set onDecodeError to skip or deadLetter to let such records through",
+                            first.error
+                        ),
+                    ))
+                }
+                OnDecodeError::Skip(count) => {
+                    count.fetch_add(bad.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        "skipped {} undecodable records of Kafka {}/{} (first at offset {}: {})",
+                        bad.len(),
+                        self.topic,
+                        self.partition,
+                        first.offset,
+                        first.error
+                    );
+                }
+                OnDecodeError::DeadLetter(path) => {
+                    let letters = dead_letters(&self.topic, self.partition, &bad)?;
+                    runtime
+                        .block_on(crate::delta::append(path, letters))
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    tracing::warn!(
+                        "{} undecodable records of Kafka {}/{} went to the dead-letter table {path}",
+                        bad.len(),
+                        self.topic,
+                        self.partition
+                    );
+                }
+            }
+        }
+        let batch = match &self.projection {
+            Some(columns) => batch.project(columns)?,
+            None => batch,
+        };
+        Ok(tx.blocking_send(Ok(batch)).is_ok())
+    }
+}
+
+/// The dead-letter table's rows for `bad`.
+fn dead_letters(topic: &str, partition: i32, bad: &[BadRecord]) -> DfResult<RecordBatch> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]));
+    let n = bad.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(bad.iter().map(|b| b.key.as_deref()).collect::<BinaryArray>()),
+        Arc::new(bad.iter().map(|b| b.value.as_deref()).collect::<BinaryArray>()),
+        Arc::new(StringArray::from(vec![topic; n])),
+        Arc::new(Int32Array::from(vec![partition; n])),
+        Arc::new(bad.iter().map(|b| b.offset).collect::<Int64Array>()),
+        Arc::new(bad.iter().map(|b| Some(b.error.as_str())).collect::<StringArray>()),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}

@@ -1,0 +1,594 @@
+//! `fromKafka`: which offsets a run reads, per partition, and the table
+//! over them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dataflow_engine::connector::{BoxError, Opened, Resume, Source};
+use dataflow_engine::schema::parse_column_list;
+use dataflow_engine::spec::StepInfo;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use super::client::ClientSettings;
+use super::decode::Format;
+use super::read::{OnDecodeError, RangeRead, ReadSettings};
+use crate::error::{ConnectorError, Result};
+use crate::scan_exec::{PartitionReader, ReaderExec};
+
+/// How long metadata and watermark requests may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Records sampled per partition to infer a JSON schema.
+const SAMPLE_PER_PARTITION: usize = 200;
+
+/// A position as written in `startingOffsets` / `endingOffsets`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Offsets {
+    /// `earliest` or `latest`.
+    Named(NamedOffset),
+    /// `{"topic": {"0": 42, "1": -2}}`: -2 earliest, -1 latest; partitions
+    /// not listed start at the earliest offset.
+    Exact(BTreeMap<String, BTreeMap<String, i64>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NamedOffset {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    #[default]
+    Raw,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum DecodeErrorName {
+    #[default]
+    Fail,
+    Skip,
+    DeadLetter,
+}
+
+/// `fromKafka` config (plus `kafka.*` librdkafka settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FromKafkaConfig {
+    /// `host:port,...`.
+    bootstrap_servers: String,
+    /// The topic (exclusive with `topics`).
+    topic: Option<String>,
+    /// Several topics.
+    topics: Option<Vec<String>>,
+    /// Where a partition without a recorded position starts (default
+    /// earliest: nothing is skipped on a first run).
+    #[serde(default = "earliest")]
+    starting_offsets: Offsets,
+    /// Batch mode and trigger once: where reading stops (default: the
+    /// latest offsets when the run starts).
+    ending_offsets: Option<Offsets>,
+    /// Streaming: at most this many records per micro-batch, split over
+    /// the partitions by how much each has waiting.
+    max_offsets_per_trigger: Option<i64>,
+    /// Fail when records to read were deleted (retention) before being read.
+    #[serde(default = "yes")]
+    fail_on_data_loss: bool,
+    /// Consumer group the committed positions are also written to (for lag
+    /// tools); reading never joins the group.
+    group_id: Option<String>,
+    /// raw (Spark's columns) or json.
+    #[serde(default)]
+    format: FormatName,
+    /// json: the value's columns, e.g. `"id BIGINT, kind VARCHAR"`;
+    /// inferred from a sample when absent.
+    schema: Option<String>,
+    /// fail, skip or deadLetter.
+    #[serde(default)]
+    on_decode_error: DecodeErrorName,
+    /// deadLetter: the Delta table receiving undecodable records.
+    dead_letter_path: Option<String>,
+    /// Records per Arrow batch.
+    #[serde(default = "default_batch_size")]
+    batch_size: usize,
+}
+
+fn earliest() -> Offsets {
+    Offsets::Named(NamedOffset::Earliest)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_batch_size() -> usize {
+    8192
+}
+
+/// The `fromKafka` source.
+struct KafkaSource {
+    config: FromKafkaConfig,
+    topics: Vec<String>,
+    client: ClientSettings,
+    /// For metadata, watermarks and group commits; created on first use.
+    consumer: Mutex<Option<Arc<BaseConsumer>>>,
+    /// The table schema, fixed for the life of the source.
+    schema: OnceCell<(Format, SchemaRef)>,
+    /// Records skipped as undecodable (onDecodeError skip).
+    settings: OnceCell<Arc<ReadSettings>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("config", &self.config)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a `fromKafka` source from its step config.
+pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>> {
+    let mut info = info.clone();
+    let passthrough = ClientSettings::take_passthrough(&mut info)?;
+    let config: FromKafkaConfig = info.parse()?;
+    if config.bootstrap_servers.trim().is_empty() {
+        return Err(info.error("bootstrapServers", "must not be empty"));
+    }
+    let topics = match (&config.topic, &config.topics) {
+        (Some(topic), None) => vec![topic.clone()],
+        (None, Some(topics)) if !topics.is_empty() => topics.clone(),
+        _ => return Err(info.error("topic", "set exactly one of topic and topics")),
+    };
+    if let Some(bad) = topics.iter().find(|t| t.is_empty() || t.contains('/')) {
+        return Err(info.error("topic", format!("\"{bad}\" is not a topic name")));
+    }
+    if config.batch_size == 0 {
+        return Err(info.error("batchSize", "must be at least 1"));
+    }
+    if config.max_offsets_per_trigger.is_some_and(|m| m < 1) {
+        return Err(info.error("maxOffsetsPerTrigger", "must be at least 1"));
+    }
+    if config.format == FormatName::Raw && config.schema.is_some() {
+        return Err(info.error("schema", "only applies with format json"));
+    }
+    match (config.on_decode_error, &config.dead_letter_path) {
+        (DecodeErrorName::DeadLetter, None) => {
+            return Err(info.error("deadLetterPath", "onDecodeError deadLetter needs deadLetterPath, the Delta table receiving bad records"))
+        }
+        (DecodeErrorName::Fail | DecodeErrorName::Skip, Some(_)) => {
+            return Err(info.error("deadLetterPath", "only applies with onDecodeError deadLetter"))
+        }
+        _ => {}
+    }
+    if config.on_decode_error != DecodeErrorName::Fail && config.format == FormatName::Raw {
+        return Err(info.error("onDecodeError", "only applies with format json (raw values are never decoded)"));
+    }
+    let client = ClientSettings {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        passthrough,
+    };
+    Ok(Arc::new(KafkaSource {
+        config,
+        topics,
+        client,
+        consumer: Mutex::new(None),
+        schema: OnceCell::new(),
+        settings: OnceCell::new(),
+    }))
+}
+
+fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Rejected(format!("Kafka at {servers}: {doing}: {e}"))
+}
+
+impl KafkaSource {
+    /// The shared consumer (metadata, watermarks, group commits).
+    fn consumer(&self) -> Result<Arc<BaseConsumer>> {
+        let mut slot = self.consumer.lock().expect("consumer lock");
+        if let Some(consumer) = slot.as_ref() {
+            return Ok(consumer.clone());
+        }
+        let consumer: BaseConsumer = self
+            .client
+            .config()
+            .set("group.id", self.config.group_id.as_deref().unwrap_or("dataflow"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka_error("creating a client", &self.client.bootstrap_servers, e))?;
+        let consumer = Arc::new(consumer);
+        *slot = Some(consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Runs blocking client calls off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BaseConsumer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let consumer = self.consumer()?;
+        tokio::task::spawn_blocking(move || f(&consumer))
+            .await
+            .map_err(|e| ConnectorError::Rejected(format!("Kafka client task failed: {e}")))?
+    }
+
+    /// Every partition of the topics, with its (low, high) watermarks.
+    async fn partitions(&self) -> Result<Vec<(String, i32, i64, i64)>> {
+        let topics = self.topics.clone();
+        let servers = self.client.bootstrap_servers.clone();
+        self.blocking(move |consumer| {
+            let mut out = Vec::new();
+            for topic in &topics {
+                let metadata = consumer
+                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                    .map_err(|e| kafka_error("reading metadata", &servers, e))?;
+                let partitions = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                    .ok_or_else(|| {
+                        ConnectorError::Rejected(format!(
+                            "Kafka at {servers}: topic \"{topic}\" does not exist"
+                        ))
+                    })?;
+                for partition in partitions {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                        .map_err(|e| kafka_error("reading offsets", &servers, e))?;
+                    out.push((topic.clone(), partition, low, high));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Where a partition without a recorded position starts.
+    fn configured(&self, offsets: &Offsets, topic: &str, partition: i32, low: i64, high: i64) -> i64 {
+        let exact = match offsets {
+            Offsets::Named(NamedOffset::Earliest) => return low,
+            Offsets::Named(NamedOffset::Latest) => return high,
+            Offsets::Exact(map) => map
+                .get(topic)
+                .and_then(|p| p.get(&partition.to_string()))
+                .copied(),
+        };
+        match exact {
+            None | Some(-2) => low,
+            Some(-1) => high,
+            Some(offset) => offset,
+        }
+    }
+
+    /// The table's format and schema: from `schema`, or inferred once from
+    /// a sample of the records.
+    async fn format(&self, state: &SessionState) -> Result<(Format, SchemaRef), BoxError> {
+        let (format, schema) = self
+            .schema
+            .get_or_try_init(|| async {
+                let format = match (self.config.format, &self.config.schema) {
+                    (FormatName::Raw, _) => Format::Raw,
+                    (FormatName::Json, Some(columns)) => {
+                        Format::Json(parse_column_list(state, columns).await.map_err(|e| {
+                            ConnectorError::Rejected(format!("schema: {e}"))
+                        })?)
+                    }
+                    (FormatName::Json, None) => Format::Json(self.infer_schema().await?),
+                };
+                let schema = format.output_schema();
+                Ok::<_, BoxError>((format, schema))
+            })
+            .await?;
+        Ok((format.clone(), schema.clone()))
+    }
+
+    /// A JSON schema inferred from the first records of every partition.
+    async fn infer_schema(&self) -> Result<SchemaRef> {
+        let partitions = self.partitions().await?;
+        let client = self.client.clone();
+        let servers = self.client.bootstrap_servers.clone();
+        self.blocking(move |_| {
+            let consumer: BaseConsumer = client
+                .config()
+                .set("group.id", "dataflow-sample")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .create()
+                .map_err(|e| kafka_error("creating a client", &servers, e))?;
+            let mut values = Vec::new();
+            for (topic, partition, low, high) in partitions.iter().filter(|p| p.3 > p.2) {
+                let mut assignment = TopicPartitionList::new();
+                assignment
+                    .add_partition_offset(topic, *partition, Offset::Offset(*low))
+                    .and_then(|_| consumer.assign(&assignment))
+                    .map_err(|e| kafka_error("sampling records", &servers, e))?;
+                let wanted = SAMPLE_PER_PARTITION.min((high - low) as usize);
+                let mut read = 0;
+                let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+                while read < wanted && std::time::Instant::now() < deadline {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(message)) => {
+                            read += 1;
+                            if let Some(value) = message
+                                .payload()
+                                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                                .filter(serde_json::Value::is_object)
+                            {
+                                values.push(value);
+                            }
+                        }
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                        _ => {}
+                    }
+                }
+            }
+            if values.is_empty() {
+                return Err(ConnectorError::Rejected(
+                    "cannot infer the JSON schema: no JSON object in the topic yet. Help: set schema, e.g. \"id BIGINT, kind VARCHAR\"".into(),
+                ));
+            }
+            let schema = infer_json_schema_from_iterator(values.iter().map(Ok))
+                .map_err(|e| ConnectorError::Rejected(format!("cannot infer the JSON schema: {e}")))?;
+            Ok(Arc::new(schema))
+        })
+        .await
+    }
+
+    async fn read_settings(&self, state: &SessionState) -> Result<Arc<ReadSettings>, BoxError> {
+        let (format, schema) = self.format(state).await?;
+        let settings = self
+            .settings
+            .get_or_init(|| async {
+                Arc::new(ReadSettings {
+                    client: self.client.clone(),
+                    format,
+                    schema,
+                    batch_size: self.config.batch_size,
+                    on_decode_error: match (self.config.on_decode_error, &self.config.dead_letter_path) {
+                        (DecodeErrorName::Skip, _) => OnDecodeError::Skip(AtomicU64::new(0)),
+                        (DecodeErrorName::DeadLetter, Some(path)) => OnDecodeError::DeadLetter(path.clone()),
+                        _ => OnDecodeError::Fail,
+                    },
+                })
+            })
+            .await;
+        Ok(settings.clone())
+    }
+}
+
+/// One partition's part of a run.
+#[derive(Debug, Clone)]
+struct Range {
+    topic: String,
+    partition: i32,
+    start: i64,
+    end: i64,
+}
+
+impl Range {
+    fn key(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Caps `ranges` to `max` records in all, shared in proportion to what
+/// each partition has waiting.
+fn cap(ranges: &mut [Range], max: i64) {
+    let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+    if total <= max {
+        return;
+    }
+    let mut left = max;
+    for range in ranges.iter_mut() {
+        let share = ((range.end - range.start) as i128 * max as i128 / total as i128) as i64;
+        range.end = range.start + share;
+        left -= share;
+    }
+    // Rounding leftovers go to the first partitions with room.
+    for range in ranges.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        range.end += 1;
+        left -= 1;
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
+        Ok(self
+            .partitions()
+            .await?
+            .into_iter()
+            .map(|(topic, partition, _, _)| format!("{topic}/{partition}"))
+            .collect())
+    }
+
+    fn is_stream(&self) -> bool {
+        true
+    }
+
+    async fn latest(&self) -> Result<HashMap<String, i64>, BoxError> {
+        Ok(self
+            .partitions()
+            .await?
+            .into_iter()
+            .map(|(topic, partition, _, high)| (format!("{topic}/{partition}"), high))
+            .collect())
+    }
+
+    async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+        let settings = self.read_settings(state).await?;
+        let mut ranges = Vec::new();
+        for (topic, partition, low, high) in self.partitions().await? {
+            let key = format!("{topic}/{partition}");
+            let mut start = match resume.marks.get(&key) {
+                Some(mark) => *mark,
+                None => self.configured(&self.config.starting_offsets, &topic, partition, low, high),
+            };
+            if start < low || start > high {
+                let what = format!(
+                    "Kafka {key}: offset {start} is outside the offsets still in the topic ({low}..{high})"
+                );
+                if self.config.fail_on_data_loss {
+                    return Err(ConnectorError::Rejected(format!(
+                        "{what}: records were deleted before being read, or the topic was recreated. Help: set failOnDataLoss to false to continue from offset {low}"
+                    ))
+                    .into());
+                }
+                tracing::warn!("{what}; continuing from {low} (failOnDataLoss is false)");
+                start = low;
+            }
+            let mut end = high;
+            if !resume.micro_batch {
+                if let Some(ending) = &self.config.ending_offsets {
+                    end = self.configured(ending, &topic, partition, low, high).min(high);
+                }
+            }
+            if let Some(until) = resume.until.get(&key) {
+                end = end.min(*until);
+            }
+            ranges.push(Range {
+                topic,
+                partition,
+                start,
+                end: end.max(start),
+            });
+        }
+        if let (true, Some(max)) = (resume.micro_batch, self.config.max_offsets_per_trigger) {
+            cap(&mut ranges, max);
+        }
+        Ok(Opened {
+            marks: ranges.iter().map(|r| (r.key(), r.end)).collect(),
+            start: ranges.iter().map(|r| (r.key(), r.start)).collect(),
+            provider: Arc::new(KafkaTable {
+                settings,
+                ranges: ranges.into_iter().filter(|r| r.end > r.start).collect(),
+            }),
+        })
+    }
+
+    async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {
+        if self.config.group_id.is_none() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (key, offset) in marks {
+            if let Some((topic, partition)) = key.rsplit_once('/') {
+                if let Ok(partition) = partition.parse() {
+                    offsets.add_partition_offset(topic, partition, Offset::Offset(*offset))?;
+                }
+            }
+        }
+        let servers = self.client.bootstrap_servers.clone();
+        // The data is committed already: a failed group commit only delays
+        // what lag tools show.
+        let committed = self
+            .blocking(move |consumer| {
+                consumer
+                    .commit(&offsets, CommitMode::Sync)
+                    .map_err(|e| kafka_error("committing group offsets", &servers, e))
+            })
+            .await;
+        if let Err(e) = committed {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+}
+
+/// The table of one run's offset ranges.
+#[derive(Debug)]
+struct KafkaTable {
+    settings: Arc<ReadSettings>,
+    ranges: Vec<Range>,
+}
+
+#[async_trait]
+impl TableProvider for KafkaTable {
+    fn schema(&self) -> SchemaRef {
+        self.settings.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(columns) => Arc::new(self.settings.schema.project(columns)?),
+            None => self.settings.schema.clone(),
+        };
+        let readers = self
+            .ranges
+            .iter()
+            .map(|r| {
+                Arc::new(RangeRead {
+                    settings: self.settings.clone(),
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    start: r.start,
+                    end: r.end,
+                    projection: projection.cloned(),
+                }) as Arc<dyn PartitionReader>
+            })
+            .collect();
+        Ok(Arc::new(ReaderExec::new(
+            "KafkaScanExec",
+            format!("bootstrap={}", self.settings.client.bootstrap_servers),
+            schema,
+            readers,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_shares_in_proportion_and_keeps_the_total() {
+        let range = |start, end| Range {
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+        };
+        let mut ranges = vec![range(0, 300), range(10, 110), range(5, 5)];
+        cap(&mut ranges, 100);
+        let sizes: Vec<i64> = ranges.iter().map(|r| r.end - r.start).collect();
+        assert_eq!(sizes, [75, 25, 0]);
+        let mut ranges = vec![range(0, 1), range(0, 1), range(0, 1)];
+        cap(&mut ranges, 2);
+        assert_eq!(ranges.iter().map(|r| r.end - r.start).sum::<i64>(), 2);
+    }
+}
