@@ -15,6 +15,7 @@ use dataflow_engine::connector::{
     BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
 use dataflow_engine::spec::StepInfo;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
 use deltalake::kernel::transaction::CommitProperties;
@@ -25,7 +26,6 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode as DeltaSaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
-use datafusion::arrow::array::RecordBatch;
 use serde::Deserialize;
 use url::Url;
 

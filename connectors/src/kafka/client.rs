@@ -21,7 +21,9 @@ pub(crate) struct ClientSettings {
 impl ClientSettings {
     /// Takes the `kafka.*` keys out of `info`'s config (so the typed config
     /// can reject unknown keys) and returns them with `bootstrap_servers`.
-    pub(crate) fn take_passthrough(info: &mut StepInfo) -> dataflow_engine::Result<BTreeMap<String, Secret>> {
+    pub(crate) fn take_passthrough(
+        info: &mut StepInfo,
+    ) -> dataflow_engine::Result<BTreeMap<String, Secret>> {
         let keys: Vec<String> = info
             .config
             .keys()

@@ -127,7 +127,11 @@ impl Pending {
         let (mut columns, kept, bad): (Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>) = match format {
             Format::Raw => {
                 let values: BinaryArray = (0..n).map(|i| self.value(i)).collect();
-                (vec![self.key_array(0..n), Arc::new(values)], (0..n).collect(), Vec::new())
+                (
+                    vec![self.key_array(0..n), Arc::new(values)],
+                    (0..n).collect(),
+                    Vec::new(),
+                )
             }
             Format::Json(schema) => {
                 let (batch, kept, bad) = self.decode_json(schema)?;

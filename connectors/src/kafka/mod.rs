@@ -12,5 +12,4 @@ mod read;
 
 mod source;
 
-
 pub(crate) use source::source;

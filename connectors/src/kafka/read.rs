@@ -250,12 +250,24 @@ fn dead_letters(topic: &str, partition: i32, bad: &[BadRecord]) -> DfResult<Reco
     ]));
     let n = bad.len();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(bad.iter().map(|b| b.key.as_deref()).collect::<BinaryArray>()),
-        Arc::new(bad.iter().map(|b| b.value.as_deref()).collect::<BinaryArray>()),
+        Arc::new(
+            bad.iter()
+                .map(|b| b.key.as_deref())
+                .collect::<BinaryArray>(),
+        ),
+        Arc::new(
+            bad.iter()
+                .map(|b| b.value.as_deref())
+                .collect::<BinaryArray>(),
+        ),
         Arc::new(StringArray::from(vec![topic; n])),
         Arc::new(Int32Array::from(vec![partition; n])),
         Arc::new(bad.iter().map(|b| b.offset).collect::<Int64Array>()),
-        Arc::new(bad.iter().map(|b| Some(b.error.as_str())).collect::<StringArray>()),
+        Arc::new(
+            bad.iter()
+                .map(|b| Some(b.error.as_str()))
+                .collect::<StringArray>(),
+        ),
         Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)

@@ -172,16 +172,23 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
         return Err(info.error("schema", "only applies with format json"));
     }
     match (config.on_decode_error, &config.dead_letter_path) {
-        (DecodeErrorName::DeadLetter, None) => {
-            return Err(info.error("deadLetterPath", "onDecodeError deadLetter needs deadLetterPath, the Delta table receiving bad records"))
-        }
+        (DecodeErrorName::DeadLetter, None) => return Err(info.error(
+            "deadLetterPath",
+            "onDecodeError deadLetter needs deadLetterPath, the Delta table receiving bad records",
+        )),
         (DecodeErrorName::Fail | DecodeErrorName::Skip, Some(_)) => {
-            return Err(info.error("deadLetterPath", "only applies with onDecodeError deadLetter"))
+            return Err(info.error(
+                "deadLetterPath",
+                "only applies with onDecodeError deadLetter",
+            ))
         }
         _ => {}
     }
     if config.on_decode_error != DecodeErrorName::Fail && config.format == FormatName::Raw {
-        return Err(info.error("onDecodeError", "only applies with format json (raw values are never decoded)"));
+        return Err(info.error(
+            "onDecodeError",
+            "only applies with format json (raw values are never decoded)",
+        ));
     }
     let client = ClientSettings {
         bootstrap_servers: config.bootstrap_servers.clone(),
@@ -211,8 +218,12 @@ impl KafkaSource {
         let consumer: BaseConsumer = self
             .client
             .config()
-            .set("group.id", self.config.group_id.as_deref().unwrap_or("dataflow"))
+            .set(
+                "group.id",
+                self.config.group_id.as_deref().unwrap_or("dataflow"),
+            )
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(|e| kafka_error("creating a client", &self.client.bootstrap_servers, e))?;
         let consumer = Arc::new(consumer);
@@ -260,13 +271,22 @@ impl KafkaSource {
                 }
             }
             out.sort();
+            probe_ends(consumer, &mut out)
+                .map_err(|e| kafka_error("reading offsets", &servers, e))?;
             Ok(out)
         })
         .await
     }
 
     /// Where a partition without a recorded position starts.
-    fn configured(&self, offsets: &Offsets, topic: &str, partition: i32, low: i64, high: i64) -> i64 {
+    fn configured(
+        &self,
+        offsets: &Offsets,
+        topic: &str,
+        partition: i32,
+        low: i64,
+        high: i64,
+    ) -> i64 {
         let exact = match offsets {
             Offsets::Named(NamedOffset::Earliest) => return low,
             Offsets::Named(NamedOffset::Latest) => return high,
@@ -290,11 +310,11 @@ impl KafkaSource {
             .get_or_try_init(|| async {
                 let format = match (self.config.format, &self.config.schema) {
                     (FormatName::Raw, _) => Format::Raw,
-                    (FormatName::Json, Some(columns)) => {
-                        Format::Json(parse_column_list(state, columns).await.map_err(|e| {
-                            ConnectorError::Rejected(format!("schema: {e}"))
-                        })?)
-                    }
+                    (FormatName::Json, Some(columns)) => Format::Json(
+                        parse_column_list(state, columns)
+                            .await
+                            .map_err(|e| ConnectorError::Rejected(format!("schema: {e}")))?,
+                    ),
                     (FormatName::Json, None) => Format::Json(self.infer_schema().await?),
                 };
                 let schema = format.output_schema();
@@ -366,9 +386,14 @@ impl KafkaSource {
                     format,
                     schema,
                     batch_size: self.config.batch_size,
-                    on_decode_error: match (self.config.on_decode_error, &self.config.dead_letter_path) {
+                    on_decode_error: match (
+                        self.config.on_decode_error,
+                        &self.config.dead_letter_path,
+                    ) {
                         (DecodeErrorName::Skip, _) => OnDecodeError::Skip(AtomicU64::new(0)),
-                        (DecodeErrorName::DeadLetter, Some(path)) => OnDecodeError::DeadLetter(path.clone()),
+                        (DecodeErrorName::DeadLetter, Some(path)) => {
+                            OnDecodeError::DeadLetter(path.clone())
+                        }
                         _ => OnDecodeError::Fail,
                     },
                 })
@@ -376,6 +401,43 @@ impl KafkaSource {
             .await;
         Ok(settings.clone())
     }
+}
+
+/// Moves each high watermark up to the offset after the last record
+/// actually there. Some Kafka-compatible brokers (tansu 0.6) report the last
+/// batch's base offset + 1; reading that batch to its end costs one small
+/// fetch per partition and is a no-op on brokers that report correctly.
+fn probe_ends(
+    consumer: &BaseConsumer,
+    partitions: &mut [(String, i32, i64, i64)],
+) -> rdkafka::error::KafkaResult<()> {
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partition, low, high) in partitions.iter() {
+        if high > low {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(high - 1))?;
+        }
+    }
+    let mut open = assignment.count();
+    if open == 0 {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open > 0 && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(message)) => {
+                if let Some(entry) = partitions
+                    .iter_mut()
+                    .find(|p| p.0 == message.topic() && p.1 == message.partition())
+                {
+                    entry.3 = entry.3.max(message.offset() + 1);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => open -= 1,
+            _ => {}
+        }
+    }
+    consumer.unassign()
 }
 
 /// One partition's part of a run.
@@ -447,7 +509,9 @@ impl Source for KafkaSource {
             let key = format!("{topic}/{partition}");
             let mut start = match resume.marks.get(&key) {
                 Some(mark) => *mark,
-                None => self.configured(&self.config.starting_offsets, &topic, partition, low, high),
+                None => {
+                    self.configured(&self.config.starting_offsets, &topic, partition, low, high)
+                }
             };
             if start < low || start > high {
                 let what = format!(
@@ -465,7 +529,9 @@ impl Source for KafkaSource {
             let mut end = high;
             if !resume.micro_batch {
                 if let Some(ending) = &self.config.ending_offsets {
-                    end = self.configured(ending, &topic, partition, low, high).min(high);
+                    end = self
+                        .configured(ending, &topic, partition, low, high)
+                        .min(high);
                 }
             }
             if let Some(until) = resume.until.get(&key) {

@@ -1,6 +1,8 @@
 //! Test harness for connector and CLI tests (cargo feature `testing`):
 //! real servers started in temporary directories.
 
+pub mod kafka;
 pub mod postgres;
 
+pub use kafka::{KafkaBroker, KafkaRecord, ProducerRecord};
 pub use postgres::PgServer;
