@@ -227,12 +227,13 @@ async fn main_inner(cli: &Cli) -> Result<()> {
             if spec.mode == Mode::Streaming {
                 let shutdown = on_interrupt("stopping after the current batch's commit point");
                 let quiet = cli.quiet;
-                let summary = run_stream(&spec, &dataflow_connectors::registry(), shutdown, |batch| {
-                    if !quiet {
-                        eprintln!("{batch}");
-                    }
-                })
-                .await?;
+                let summary =
+                    run_stream(&spec, &dataflow_connectors::registry(), shutdown, |batch| {
+                        if !quiet {
+                            eprintln!("{batch}");
+                        }
+                    })
+                    .await?;
                 eprintln!("{summary}");
                 return Ok(());
             }
