@@ -428,6 +428,9 @@ impl Sink for DeltaSink {
 /// Appends `batch` to the Delta table at `path`, creating it if needed: for
 /// side outputs such as a dead-letter table.
 pub(crate) async fn append(path: &str, batch: RecordBatch) -> Result<()> {
+    if !path.contains("://") {
+        std::fs::create_dir_all(path).map_err(crate::error::io(format!("creating {path}")))?;
+    }
     DeltaTable::try_from_url(table_url(path)?)
         .await?
         .write(vec![batch])

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext};
 use serde_json::Value;
 
 /// Connection settings of one Kafka step.
@@ -54,3 +56,22 @@ impl ClientSettings {
         config
     }
 }
+
+/// The client context of every dataflow consumer: librdkafka's global
+/// errors go to the log as warnings (they are mostly transient: the client
+/// reconnects), except end-of-partition notices, which are expected.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Context;
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!("Kafka client: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Context {}
+
+/// A consumer with [`Context`].
+pub(crate) type Consumer = BaseConsumer<Context>;

@@ -12,14 +12,14 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use futures::future::BoxFuture;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::Sender;
 
-use super::client::ClientSettings;
+use super::client::{ClientSettings, Consumer as KafkaConsumer, Context};
 use super::decode::{BadRecord, Format, Pending};
 use crate::scan_exec::PartitionReader;
 
@@ -105,7 +105,7 @@ impl RangeRead {
         tx: &Sender<DfResult<RecordBatch>>,
         runtime: &tokio::runtime::Handle,
     ) -> DfResult<()> {
-        let consumer: BaseConsumer = self
+        let consumer: KafkaConsumer = self
             .settings
             .client
             .config()
@@ -113,7 +113,7 @@ impl RangeRead {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
-            .create()
+            .create_with_context(Context)
             .map_err(|e| self.error(self.start, e))?;
         let mut assignment = TopicPartitionList::new();
         assignment

@@ -18,13 +18,13 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::client::ClientSettings;
+use super::client::{ClientSettings, Consumer as KafkaConsumer, Context};
 use super::decode::Format;
 use super::read::{OnDecodeError, RangeRead, ReadSettings};
 use crate::error::{ConnectorError, Result};
@@ -130,7 +130,7 @@ struct KafkaSource {
     topics: Vec<String>,
     client: ClientSettings,
     /// For metadata, watermarks and group commits; created on first use.
-    consumer: Mutex<Option<Arc<BaseConsumer>>>,
+    consumer: Mutex<Option<Arc<KafkaConsumer>>>,
     /// The table schema, fixed for the life of the source.
     schema: OnceCell<(Format, SchemaRef)>,
     /// Records skipped as undecodable (onDecodeError skip).
@@ -210,12 +210,12 @@ fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> Connect
 
 impl KafkaSource {
     /// The shared consumer (metadata, watermarks, group commits).
-    fn consumer(&self) -> Result<Arc<BaseConsumer>> {
+    fn consumer(&self) -> Result<Arc<KafkaConsumer>> {
         let mut slot = self.consumer.lock().expect("consumer lock");
         if let Some(consumer) = slot.as_ref() {
             return Ok(consumer.clone());
         }
-        let consumer: BaseConsumer = self
+        let consumer: KafkaConsumer = self
             .client
             .config()
             .set(
@@ -224,7 +224,7 @@ impl KafkaSource {
             )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(Context)
             .map_err(|e| kafka_error("creating a client", &self.client.bootstrap_servers, e))?;
         let consumer = Arc::new(consumer);
         *slot = Some(consumer.clone());
@@ -234,7 +234,7 @@ impl KafkaSource {
     /// Runs blocking client calls off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&KafkaConsumer) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let consumer = self.consumer()?;
         tokio::task::spawn_blocking(move || f(&consumer))
@@ -330,12 +330,12 @@ impl KafkaSource {
         let client = self.client.clone();
         let servers = self.client.bootstrap_servers.clone();
         self.blocking(move |_| {
-            let consumer: BaseConsumer = client
+            let consumer: KafkaConsumer = client
                 .config()
                 .set("group.id", "dataflow-sample")
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", "true")
-                .create()
+                .create_with_context(Context)
                 .map_err(|e| kafka_error("creating a client", &servers, e))?;
             let mut values = Vec::new();
             for (topic, partition, low, high) in partitions.iter().filter(|p| p.3 > p.2) {
@@ -408,7 +408,7 @@ impl KafkaSource {
 /// batch's base offset + 1; reading that batch to its end costs one small
 /// fetch per partition and is a no-op on brokers that report correctly.
 fn probe_ends(
-    consumer: &BaseConsumer,
+    consumer: &KafkaConsumer,
     partitions: &mut [(String, i32, i64, i64)],
 ) -> rdkafka::error::KafkaResult<()> {
     let mut assignment = TopicPartitionList::new();

@@ -1,0 +1,273 @@
+//! `fromKafka` through the real `run-pipeline` binary against a real
+//! Kafka-compatible broker (tansu): bounded batch reads, streaming with
+//! availableNow and maxOffsetsPerTrigger, resume after a stop, exactly-once
+//! into Delta across SIGKILLs, undecodable records.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use dataflow_connectors::testing::KafkaBroker;
+
+fn broker() -> &'static KafkaBroker {
+    KafkaBroker::shared()
+}
+
+/// A fresh topic with `partitions` partitions and `events` JSON events
+/// `{"id": i, "kind": purchase|view, "amount": i/2}` spread over them.
+fn topic_with_events(name: &str, partitions: i32, events: std::ops::Range<i64>) -> String {
+    let topic = format!("{name}-{}", std::process::id());
+    broker().create_topic(&topic, partitions).unwrap();
+    produce(&topic, partitions, events);
+    topic
+}
+
+fn produce(topic: &str, partitions: i32, events: std::ops::Range<i64>) {
+    let values: Vec<(i32, String)> = events
+        .map(|i| {
+            let kind = if i % 3 == 0 { "purchase" } else { "view" };
+            (
+                (i % i64::from(partitions)) as i32,
+                format!(
+                    r#"{{"id": {i}, "kind": "{kind}", "amount": {}}}"#,
+                    i as f64 / 2.0
+                ),
+            )
+        })
+        .collect();
+    let records: Vec<_> = values
+        .iter()
+        .map(|(p, v)| (*p, None, v.as_bytes()))
+        .collect();
+    broker().produce(topic, &records).unwrap();
+}
+
+/// Kafka (json) → `SELECT` purchases → Delta, as a config file.
+fn events_pipeline(dir: &Path, topic: &str, mode: &str, extra: &str) -> String {
+    let config = format!(
+        r#"{{"name": "events-{topic}", "mode": "{mode}", {extra} "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE", "registerAs": "events"}}}},
+        {{"type": "transform", "method": "sql", "config": {{"query": "SELECT id, amount, _partition AS p, _offset AS o FROM events WHERE kind = 'purchase'"}}}},
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases", "saveMode": "append"}}}}
+    ]}}"#,
+        broker().bootstrap()
+    );
+    write_config(dir, "events.json", &config)
+}
+
+/// (count, distinct ids, min id, max id) of the purchases table.
+async fn purchases(dir: &Path) -> Vec<String> {
+    delta_rows(
+        &dir.join("purchases"),
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, min(id) AS lo, max(id) AS hi FROM t",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn batch_mode_reads_the_bounded_range_once() {
+    let topic = topic_with_events("batch", 3, 0..300);
+    let out = tempfile::tempdir().unwrap();
+    let file = events_pipeline(out.path(), &topic, "batch", "");
+    let first = run(out.path(), &["run", &file]);
+    first.assert_ok();
+    let rows = purchases(out.path()).await;
+    assert!(
+        rows.iter().any(|r| r.contains("| 100 | 100 | 0  | 297 |")),
+        "{rows:?}"
+    );
+
+    // The positions are in the Delta commit: a second run reads only what
+    // arrived since, and nothing when nothing did.
+    produce(&topic, 3, 300..330);
+    run(out.path(), &["run", &file]).assert_ok();
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = purchases(out.path()).await;
+    assert!(
+        rows.iter().any(|r| r.contains("| 110 | 110 | 0  | 327 |")),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn available_now_drains_in_batches_of_max_offsets_per_trigger() {
+    let topic = topic_with_events("drain", 4, 0..1000);
+    let out = tempfile::tempdir().unwrap();
+    let file = events_pipeline(
+        out.path(),
+        &topic,
+        "streaming",
+        r#""trigger": "availableNow","#,
+    );
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        r#""registerAs": "events""#,
+        r#""registerAs": "events", "maxOffsetsPerTrigger": 300"#,
+    );
+    std::fs::write(&file, config).unwrap();
+    let result = run(out.path(), &["run", &file]);
+    result.assert_ok();
+    let batches = result
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("batch "))
+        .count();
+    assert_eq!(batches, 4, "1000 events, 300 per batch:\n{}", result.stderr);
+    assert!(
+        result.stderr.contains("batch 1: 300 rows in"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        result
+            .stderr
+            .contains("4 batches, 1000 rows in, 334 rows out"),
+        "{}",
+        result.stderr
+    );
+    let rows = purchases(out.path()).await;
+    assert!(
+        rows.iter().any(|r| r.contains("| 334 | 334 | 0  | 999 |")),
+        "{rows:?}"
+    );
+    assert_eq!(delta_version(&out.path().join("purchases")).await, Some(3));
+
+    // Resume after a clean stop: only the new events, exactly once.
+    produce(&topic, 4, 1000..1100);
+    let again = run(out.path(), &["run", &file]);
+    again.assert_ok();
+    assert!(
+        again.stderr.contains("1 batches, 100 rows in"),
+        "{}",
+        again.stderr
+    );
+    let rows = purchases(out.path()).await;
+    assert!(
+        rows.iter().any(|r| r.contains("| 367 | 367 | 0  | 1098 |")),
+        "{rows:?}"
+    );
+}
+
+/// 100 k events flow while the pipeline is SIGKILLed at random points over
+/// and over; after a last clean drain every event is in the table once.
+#[tokio::test]
+async fn exactly_once_into_delta_across_sigkills() {
+    let topic = format!("kills-{}", std::process::id());
+    broker().create_topic(&topic, 4).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = events_pipeline(
+        out.path(),
+        &topic,
+        "streaming",
+        r#""trigger": "processingTime=200ms","#,
+    );
+    let config = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("WHERE kind = 'purchase'", "")
+        .replace(
+            r#""registerAs": "events""#,
+            r#""registerAs": "events", "maxOffsetsPerTrigger": 7000"#,
+        );
+    std::fs::write(&file, config).unwrap();
+
+    let producer = {
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            for chunk in 0..20 {
+                produce(&topic, 4, chunk * 5000..(chunk + 1) * 5000);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let mut kills = 0;
+    while kills < 12 {
+        let mut child = cli(out.path())
+            .args(["run", "-q", &file])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = 300 + fastrand_ms(kills) % 1500;
+        std::thread::sleep(Duration::from_millis(wait));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    let drain = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("processingTime=200ms", "availableNow");
+    std::fs::write(&file, drain).unwrap();
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = delta_rows(
+        &out.path().join("purchases"),
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, min(id) AS lo, max(id) AS hi FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        table(&[
+            "+--------+--------+----+-------+",
+            "| n      | ids    | lo | hi    |",
+            "+--------+--------+----+-------+",
+            "| 100000 | 100000 | 0  | 99999 |",
+            "+--------+--------+----+-------+",
+        ])
+    );
+}
+
+/// A cheap deterministic spread of kill times.
+fn fastrand_ms(i: u64) -> u64 {
+    (i.wrapping_mul(2654435761) >> 7) % 1000
+}
+
+#[tokio::test]
+async fn undecodable_records_fail_or_go_to_the_dead_letter_table() {
+    let topic = topic_with_events("bad", 2, 0..10);
+    broker()
+        .produce(
+            &topic,
+            &[(0, Some(b"k".as_slice()), b"{not json".as_slice())],
+        )
+        .unwrap();
+    produce(&topic, 2, 10..20);
+    let out = tempfile::tempdir().unwrap();
+    let file = events_pipeline(out.path(), &topic, "batch", "");
+    let failed = run(out.path(), &["run", &file]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("reading Kafka {topic}/0 at offset 5")),
+        "{}",
+        failed.stderr
+    );
+    assert!(!out.path().join("purchases").exists(), "nothing written");
+
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        r#""registerAs": "events""#,
+        r#""registerAs": "events", "onDecodeError": "deadLetter", "deadLetterPath": "${DATAFLOW_OUT}/dead""#,
+    );
+    std::fs::write(&file, config).unwrap();
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = purchases(out.path()).await;
+    assert!(rows.iter().any(|r| r.contains("| 7 ")), "{rows:?}");
+    let dead = delta_rows(
+        &out.path().join("dead"),
+        "SELECT CAST(key AS VARCHAR) AS k, CAST(value AS VARCHAR) AS v, \"partition\", \"offset\", error LIKE '%' AS has_error FROM t",
+    )
+    .await;
+    assert_eq!(
+        dead,
+        table(&[
+            "+---+-----------+-----------+--------+-----------+",
+            "| k | v         | partition | offset | has_error |",
+            "+---+-----------+-----------+--------+-----------+",
+            "| k | {not json | 0         | 5      | true      |",
+            "+---+-----------+-----------+--------+-----------+",
+        ])
+    );
+}
