@@ -4,7 +4,7 @@ import os, subprocess, time
 
 
 def timed(cmd, env=None, stdout=subprocess.DEVNULL):
-    """Runs cmd; returns (seconds, peak RSS in MB). Raises on failure."""
+    """Runs cmd; returns (seconds, peak RSS in MB, stderr). Raises on failure."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -12,7 +12,7 @@ def timed(cmd, env=None, stdout=subprocess.DEVNULL):
     err = proc.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, err
 
 
 def generate(work, sf, venv):

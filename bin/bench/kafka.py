@@ -9,9 +9,10 @@ Usage: python3 bin/bench/kafka.py [--events 1000000] [--runs 5]
 
 Needs: a tansu binary ($TANSU_BIN, or see README), a release build, and the
 peers venv of ../shared/bench/setup-peers.sh (confluent-kafka). Prints median
-wall time, events/s and peak RSS per case, and the ratio to the raw read.
+wall time, events/s and peak RSS per case, the ratio to the raw read, and
+the Delta commit time per batch (p50).
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 from common import timed
 
@@ -84,6 +85,10 @@ def main():
             print(f"{name:48s} median {t:6.2f}s  {args.events / t:10,.0f} events/s  peak RSS {rss:5.0f} MB")
         ratio = statistics.median(r[0] for r in raw) / statistics.median(r[0] for r in ours)
         print(f"events/s ratio dataflow / raw read: {ratio:.2f}x (target >= 0.8x)")
+        commits = [int(ms) for r in ours for ms in re.findall(r"\(commit (\d+)ms\)", r[2])]
+        if commits:
+            print(f"Delta commit per batch: p50 {statistics.median(commits):.0f} ms, max {max(commits)} ms "
+                  f"over {len(commits)} batches (target p50 <= 50 ms)")
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -73,6 +73,9 @@ fn row(record: &RunRecord) -> [String; 8] {
         format!("{:?}", record.trigger).to_lowercase(),
         record.status.as_str().to_string(),
         format!("{seconds:.2}s"),
-        rows.map_or("-".into(), |r| r.to_string()),
+        match record.stream {
+            Some(stream) => format!("{} ({} batches)", stream.rows_out, stream.batches),
+            None => rows.map_or("-".into(), |r| r.to_string()),
+        },
     ]
 }

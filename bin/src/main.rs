@@ -16,7 +16,6 @@ use dataflow_engine::ops::schedule::{run_schedules, Job};
 use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
 use dataflow_engine::plan::Pipeline;
 use dataflow_engine::spec::{Mode, PipelineSpec};
-use dataflow_engine::stream::run_stream;
 use dataflow_engine::{Error, Result};
 use observe::Observer;
 use progress::Progress;
@@ -225,15 +224,18 @@ async fn main_inner(cli: &Cli) -> Result<()> {
         Command::Run(args) => {
             let spec = load_spec(&args.config, &args.sets)?;
             if spec.mode == Mode::Streaming {
-                let shutdown = on_interrupt("stopping after the current batch's commit point");
                 let quiet = cli.quiet;
-                let summary =
-                    run_stream(&spec, &dataflow_connectors::registry(), shutdown, |batch| {
-                        if !quiet {
-                            eprintln!("{batch}");
-                        }
-                    })
-                    .await?;
+                let summary = observed(cli, async |observer| {
+                    let shutdown = on_interrupt("stopping after the current batch's commit point");
+                    observer
+                        .stream(&args.config, &spec, shutdown, |batch| {
+                            if !quiet {
+                                eprintln!("{batch}");
+                            }
+                        })
+                        .await
+                })
+                .await?;
                 eprintln!("{summary}");
                 return Ok(());
             }

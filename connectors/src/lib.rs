@@ -28,6 +28,7 @@ pub fn registry() -> Registry {
         .source("fromKafka", kafka::source)
         .sink("toFiles", files::sink)
         .sink("toDeltaLake", delta::sink)
+        .sink("toKafka", kafka::sink)
         .sink("toConsole", console::sink)
         .extension_planner(DeltaExtensionPlanner::new())
 }

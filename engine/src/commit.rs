@@ -3,7 +3,8 @@
 //! point aborts every commit, so each target stays at its previous version.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -26,6 +27,7 @@ pub struct CommitGate {
     phase: Arc<watch::Sender<Phase>>,
     expected: usize,
     arrived: Arc<AtomicBool>,
+    opened_at: Arc<OnceLock<Instant>>,
 }
 
 impl CommitGate {
@@ -33,11 +35,13 @@ impl CommitGate {
     /// called [`ready`](Self::ready).
     pub fn for_participants(count: usize) -> Vec<CommitGate> {
         let phase = Arc::new(watch::Sender::new(Phase::Waiting { arrived: 0 }));
+        let opened_at = Arc::new(OnceLock::new());
         (0..count)
             .map(|_| CommitGate {
                 phase: phase.clone(),
                 expected: count,
                 arrived: Arc::new(AtomicBool::new(false)),
+                opened_at: opened_at.clone(),
             })
             .collect()
     }
@@ -53,6 +57,7 @@ impl CommitGate {
                     *arrived += 1;
                     if *arrived >= expected {
                         *phase = Phase::Open;
+                        let _ = self.opened_at.set(Instant::now());
                     }
                 }
             });
@@ -80,6 +85,11 @@ impl CommitGate {
             }
         });
         aborted
+    }
+
+    /// When the gate opened (the run's commit point), if it did.
+    pub fn opened_at(&self) -> Option<Instant> {
+        self.opened_at.get().copied()
     }
 
     /// True once every participant is ready and commits may proceed.

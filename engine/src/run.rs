@@ -39,6 +39,9 @@ pub struct RunSummary {
     pub steps: Vec<StepReport>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// Time from the commit point (every load staged) to the end of the
+    /// run: the commits themselves. `None` when nothing reached it.
+    pub commit: Option<Duration>,
 }
 
 impl Pipeline {
@@ -132,7 +135,13 @@ impl Pipeline {
                 .await
                 .map_err(|e| Error::from_connector(&source.step, e))?;
         }
-        Ok(self.summarize(reports.into_iter().flatten().collect(), started.elapsed()))
+        let mut summary =
+            self.summarize(reports.into_iter().flatten().collect(), started.elapsed());
+        summary.commit = gates
+            .first()
+            .and_then(CommitGate::opened_at)
+            .map(|t| t.elapsed());
+        Ok(summary)
     }
 
     fn summarize(&self, loads: Vec<(SinkReport, Duration)>, elapsed: Duration) -> RunSummary {
@@ -171,6 +180,7 @@ impl Pipeline {
             pipeline: self.name.clone(),
             steps,
             elapsed,
+            commit: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use serde_json::Value;
 
@@ -50,10 +51,34 @@ impl ClientSettings {
     pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
+        self.apply_passthrough(&mut config);
+        config
+    }
+
+    /// A config for a consumer that reads offset ranges known to exist.
+    /// `quick`: it hardly waits at the end of a partition for more data
+    /// (10 ms instead of librdkafka's 500 ms fetch wait, which some brokers
+    /// — tansu — wait out on every fetch). It buffers at most 16 MiB per
+    /// partition ahead. `kafka.*` keys override both.
+    pub(crate) fn range_reader_config(&self, group_id: &str, quick: bool) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        if quick {
+            config.set("fetch.wait.max.ms", "10");
+        }
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("queued.max.messages.kbytes", "16384")
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        self.apply_passthrough(&mut config);
+        config
+    }
+
+    fn apply_passthrough(&self, config: &mut ClientConfig) {
         for (key, value) in &self.passthrough {
             config.set(key, value.expose());
         }
-        config
     }
 }
 
@@ -65,7 +90,10 @@ pub(crate) struct Context;
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::warn!("Kafka client: {error}: {reason}");
         }
     }

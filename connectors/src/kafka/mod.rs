@@ -9,7 +9,8 @@
 mod client;
 mod decode;
 mod read;
-
+mod sink;
 mod source;
 
+pub(crate) use sink::sink;
 pub(crate) use source::source;

@@ -25,6 +25,19 @@ use crate::scan_exec::PartitionReader;
 
 /// A read that makes no progress for this long fails (the broker is gone).
 const STALL: Duration = Duration::from_secs(60);
+/// A read with short fetch waits that gets nothing for this long tries
+/// again with librdkafka's default wait.
+const QUICK_STALL: Duration = Duration::from_secs(3);
+
+/// How far a range read got.
+struct Cursor {
+    /// The next offset to read.
+    next: i64,
+    /// Records read but not yet sent.
+    pending: Pending,
+    /// The last client error seen, for the stall message.
+    last_error: Option<KafkaError>,
+}
 
 /// What to do with a record whose value cannot be decoded.
 #[derive(Debug)]
@@ -105,28 +118,66 @@ impl RangeRead {
         tx: &Sender<DfResult<RecordBatch>>,
         runtime: &tokio::runtime::Handle,
     ) -> DfResult<()> {
-        let consumer: KafkaConsumer = self
-            .settings
-            .client
-            .config()
-            .set("group.id", "dataflow-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "error")
-            .create_with_context(Context)
-            .map_err(|e| self.error(self.start, e))?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(self.start))
-            .and_then(|_| consumer.assign(&assignment))
-            .map_err(|e| self.error(self.start, e))?;
-        let mut pending = Pending::default();
-        let mut next = self.start;
-        let mut progress = Instant::now();
-        let mut last_error: Option<KafkaError> = None;
-        while next < self.end {
-            if tx.is_closed() {
+        let mut cursor = Cursor {
+            next: self.start,
+            pending: Pending::default(),
+            last_error: None,
+        };
+        // Short fetch waits first. A broker that answers them with nothing
+        // at all (tansu, deep into a partition of many small batches) gets
+        // a consumer with librdkafka's default wait instead.
+        let mut quick = true;
+        loop {
+            let consumer: KafkaConsumer = self
+                .settings
+                .client
+                .range_reader_config("dataflow-reader", quick)
+                .set("auto.offset.reset", "error")
+                .create_with_context(Context)
+                .map_err(|e| self.error(cursor.next, e))?;
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.topic, self.partition, Offset::Offset(cursor.next))
+                .and_then(|_| consumer.assign(&assignment))
+                .map_err(|e| self.error(cursor.next, e))?;
+            let patience = if quick { QUICK_STALL } else { STALL };
+            if self.read_range(&consumer, &mut cursor, patience, tx, runtime)? {
                 return Ok(());
+            }
+            if !quick {
+                let cause = cursor
+                    .last_error
+                    .map_or("no records arrive".to_string(), |e| e.to_string());
+                return Err(self.error(
+                    cursor.next,
+                    format!("no progress for {}s: {cause}", STALL.as_secs()),
+                ));
+            }
+            tracing::debug!(
+                "Kafka {}/{}: nothing with short fetch waits at offset {}; reading with the default wait",
+                self.topic,
+                self.partition,
+                cursor.next
+            );
+            quick = false;
+        }
+    }
+
+    /// Reads from `consumer` (assigned at `cursor.next`) up to the end of
+    /// the range, sending batches: true when done (or no one listens any
+    /// more), false when nothing arrived for `patience`.
+    fn read_range(
+        &self,
+        consumer: &KafkaConsumer,
+        cursor: &mut Cursor,
+        patience: Duration,
+        tx: &Sender<DfResult<RecordBatch>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> DfResult<bool> {
+        let mut progress = Instant::now();
+        while cursor.next < self.end {
+            if tx.is_closed() {
+                return Ok(true);
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
@@ -134,12 +185,12 @@ impl RangeRead {
                     if message.offset() >= self.end {
                         break;
                     }
-                    next = message.offset() + 1;
-                    pending.push(&message);
-                    if pending.len() >= self.settings.batch_size
-                        && !self.send(std::mem::take(&mut pending), tx, runtime)?
+                    cursor.next = message.offset() + 1;
+                    cursor.pending.push(&message);
+                    if cursor.pending.len() >= self.settings.batch_size
+                        && !self.send(std::mem::take(&mut cursor.pending), tx, runtime)?
                     {
-                        return Ok(());
+                        return Ok(true);
                     }
                 }
                 // Nothing more in the partition (the range ends in
@@ -147,29 +198,26 @@ impl RangeRead {
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                     return Err(self.error(
-                        next,
+                        cursor.next,
                         "the offset is no longer in Kafka (deleted by retention?). Help: set failOnDataLoss to false to skip what was lost",
                     ));
                 }
                 // Broker restarts and the like: librdkafka reconnects.
                 Some(Err(e)) => {
                     tracing::debug!("Kafka {}/{}: {e}", self.topic, self.partition);
-                    last_error = Some(e);
+                    cursor.last_error = Some(e);
                 }
                 None => {}
             }
-            if progress.elapsed() > STALL {
-                let cause = last_error.map_or("no records arrive".to_string(), |e| e.to_string());
-                return Err(self.error(
-                    next,
-                    format!("no progress for {}s: {cause}", STALL.as_secs()),
-                ));
+            if progress.elapsed() > patience {
+                return Ok(false);
             }
         }
+        let pending = std::mem::take(&mut cursor.pending);
         if pending.len() > 0 {
             self.send(pending, tx, runtime)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Decodes `pending` and sends the rows; false when the consumer is gone.

@@ -217,13 +217,7 @@ impl KafkaSource {
         }
         let consumer: KafkaConsumer = self
             .client
-            .config()
-            .set(
-                "group.id",
-                self.config.group_id.as_deref().unwrap_or("dataflow"),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
+            .range_reader_config(self.config.group_id.as_deref().unwrap_or("dataflow"), true)
             .create_with_context(Context)
             .map_err(|e| kafka_error("creating a client", &self.client.bootstrap_servers, e))?;
         let consumer = Arc::new(consumer);
@@ -331,10 +325,7 @@ impl KafkaSource {
         let servers = self.client.bootstrap_servers.clone();
         self.blocking(move |_| {
             let consumer: KafkaConsumer = client
-                .config()
-                .set("group.id", "dataflow-sample")
-                .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true")
+                .range_reader_config("dataflow-sample", true)
                 .create_with_context(Context)
                 .map_err(|e| kafka_error("creating a client", &servers, e))?;
             let mut values = Vec::new();
@@ -463,18 +454,21 @@ fn cap(ranges: &mut [Range], max: i64) {
         return;
     }
     let mut left = max;
+    let ends: Vec<i64> = ranges.iter().map(|r| r.end).collect();
     for range in ranges.iter_mut() {
         let share = ((range.end - range.start) as i128 * max as i128 / total as i128) as i64;
         range.end = range.start + share;
         left -= share;
     }
     // Rounding leftovers go to the first partitions with room.
-    for range in ranges.iter_mut() {
+    for (range, end) in ranges.iter_mut().zip(ends) {
         if left == 0 {
             break;
         }
-        range.end += 1;
-        left -= 1;
+        if range.end < end {
+            range.end += 1;
+            left -= 1;
+        }
     }
 }
 
@@ -656,5 +650,10 @@ mod tests {
         let mut ranges = vec![range(0, 1), range(0, 1), range(0, 1)];
         cap(&mut ranges, 2);
         assert_eq!(ranges.iter().map(|r| r.end - r.start).sum::<i64>(), 2);
+        // Leftovers never go past what a partition has.
+        let mut ranges = vec![range(5, 5), range(0, 1), range(0, 1), range(0, 1)];
+        cap(&mut ranges, 2);
+        let sizes: Vec<i64> = ranges.iter().map(|r| r.end - r.start).collect();
+        assert_eq!(sizes, [0, 1, 1, 0]);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::error::{Error, Result};
 use crate::ops::history::Status;
 use crate::run::RunSummary;
+use crate::stream::BatchReport;
 
 /// Upper bounds (seconds) of the step duration histogram buckets.
 const BUCKETS: [f64; 14] = [
@@ -38,12 +39,50 @@ struct StepStats {
     sum: f64,
 }
 
+/// Upper bounds (seconds) of the streaming batch commit duration buckets.
+const COMMIT_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// One streaming pipeline's batches.
+#[derive(Debug)]
+struct StreamStats {
+    batches: u64,
+    rows_in: i64,
+    rows_out: u64,
+    /// The last commit, or the start of the run before the first one.
+    last_commit: Instant,
+    /// Lag after the last batch, per (source step, partition key).
+    lag: BTreeMap<(String, String), i64>,
+    /// Commit durations: observations per bucket of [`COMMIT_BUCKETS`] (not
+    /// cumulative), count and sum.
+    commit_buckets: [u64; COMMIT_BUCKETS.len()],
+    commit_count: u64,
+    commit_sum: f64,
+}
+
+impl StreamStats {
+    fn new() -> Self {
+        StreamStats {
+            batches: 0,
+            rows_in: 0,
+            rows_out: 0,
+            last_commit: Instant::now(),
+            lag: BTreeMap::new(),
+            commit_buckets: [0; COMMIT_BUCKETS.len()],
+            commit_count: 0,
+            commit_sum: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     runs: BTreeMap<(String, &'static str), u64>,
     last_run: BTreeMap<(String, &'static str), f64>,
     retries: BTreeMap<String, u64>,
     steps: BTreeMap<StepKey, StepStats>,
+    streams: BTreeMap<String, StreamStats>,
 }
 
 /// The metrics of one `run-pipeline` process; clones share them.
@@ -89,6 +128,46 @@ impl Metrics {
             stats.rows += report.rows.unwrap_or(0);
             stats.bytes += report.bytes.unwrap_or(0);
             observe(stats, duration);
+        }
+    }
+
+    /// A streaming run of `pipeline` starts: its series appear, and the
+    /// seconds since the last commit count from now until the first one.
+    pub fn stream_started(&self, pipeline: &str) {
+        let mut state = self.state();
+        let stats = state
+            .streams
+            .entry(pipeline.to_string())
+            .or_insert_with(StreamStats::new);
+        stats.last_commit = Instant::now();
+    }
+
+    /// Counts a committed micro-batch of `pipeline`: batches, rows, the lag
+    /// of every source partition after it, and the commit duration.
+    pub fn stream_batch(&self, pipeline: &str, batch: &BatchReport) {
+        let mut state = self.state();
+        let stats = state
+            .streams
+            .entry(pipeline.to_string())
+            .or_insert_with(StreamStats::new);
+        stats.batches += 1;
+        stats.rows_in += batch.rows_in;
+        stats.rows_out += batch.rows_out;
+        stats.last_commit = Instant::now();
+        for source in &batch.sources {
+            for partition in &source.partitions {
+                stats
+                    .lag
+                    .insert((source.step.clone(), partition.key.clone()), partition.lag);
+            }
+        }
+        if let Some(commit) = batch.commit {
+            let secs = commit.as_secs_f64();
+            if let Some(i) = COMMIT_BUCKETS.iter().position(|bound| secs <= *bound) {
+                stats.commit_buckets[i] += 1;
+            }
+            stats.commit_count += 1;
+            stats.commit_sum += secs;
         }
     }
 
@@ -201,6 +280,7 @@ impl Metrics {
                 stats.count as f64,
             );
         }
+        render_streams(&mut out, &state.streams);
         out
     }
 
@@ -232,7 +312,30 @@ impl Metrics {
                 })
             })
             .collect();
-        json!({"runs": runs, "retries": retries, "steps": steps})
+        let streams: Vec<Value> = state
+            .streams
+            .iter()
+            .map(|(pipeline, stats)| {
+                let lag: Vec<Value> = stats
+                    .lag
+                    .iter()
+                    .map(|((source, partition), lag)| {
+                        json!({"source": source, "partition": partition, "lag": lag})
+                    })
+                    .collect();
+                json!({
+                    "pipeline": pipeline,
+                    "batches": stats.batches,
+                    "rowsIn": stats.rows_in,
+                    "rowsOut": stats.rows_out,
+                    "secondsSinceLastCommit": stats.last_commit.elapsed().as_secs_f64(),
+                    "commits": stats.commit_count,
+                    "commitSeconds": stats.commit_sum,
+                    "lag": lag,
+                })
+            })
+            .collect();
+        json!({"runs": runs, "retries": retries, "steps": steps, "streams": streams})
     }
 
     /// Serves [`render_prometheus`](Self::render_prometheus) at `/metrics`
@@ -305,6 +408,96 @@ impl StepKey {
     }
 }
 
+/// The series of streaming runs, when there are any.
+fn render_streams(out: &mut String, streams: &BTreeMap<String, StreamStats>) {
+    if streams.is_empty() {
+        return;
+    }
+    let pipeline = |name: &String| vec![("pipeline", name.clone())];
+    type Counter = (&'static str, &'static str, fn(&StreamStats) -> f64);
+    let counters: [Counter; 3] = [
+        (
+            "dataflow_stream_batches_total",
+            "Micro-batches committed by streaming pipelines.",
+            |s| s.batches as f64,
+        ),
+        (
+            "dataflow_stream_rows_in_total",
+            "Source positions (Kafka: records) consumed by committed micro-batches.",
+            |s| s.rows_in as f64,
+        ),
+        (
+            "dataflow_stream_rows_out_total",
+            "Rows written by committed micro-batches, summed over the loads.",
+            |s| s.rows_out as f64,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, "counter", help);
+        for (key, stats) in streams {
+            sample(out, name, &pipeline(key), value(stats));
+        }
+    }
+    let name = "dataflow_stream_consumer_lag";
+    header(
+        out,
+        name,
+        "gauge",
+        "Positions (Kafka: records) available but not yet read after the last batch, per source partition.",
+    );
+    for (key, stats) in streams {
+        for ((source, partition), lag) in &stats.lag {
+            let labels = vec![
+                ("pipeline", key.clone()),
+                ("source", source.clone()),
+                ("partition", partition.clone()),
+            ];
+            sample(out, name, &labels, *lag as f64);
+        }
+    }
+    let name = "dataflow_stream_seconds_since_last_commit";
+    header(
+        out,
+        name,
+        "gauge",
+        "Seconds since the last micro-batch committed (since the start before the first).",
+    );
+    for (key, stats) in streams {
+        let secs = stats.last_commit.elapsed().as_secs_f64();
+        sample(out, name, &pipeline(key), (secs * 1000.0).round() / 1000.0);
+    }
+    let name = "dataflow_stream_commit_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Time the sinks took to commit a micro-batch.",
+    );
+    for (key, stats) in streams {
+        let labels = pipeline(key);
+        let mut cumulative = 0;
+        for (bound, n) in COMMIT_BUCKETS.iter().zip(stats.commit_buckets) {
+            cumulative += n;
+            let le = bound.to_string();
+            sample(
+                out,
+                &format!("{name}_bucket"),
+                &with_le(&labels, &le),
+                cumulative as f64,
+            );
+        }
+        let count = stats.commit_count as f64;
+        sample(
+            out,
+            &format!("{name}_bucket"),
+            &with_le(&labels, "+Inf"),
+            count,
+        );
+        sample(out, &format!("{name}_sum"), &labels, stats.commit_sum);
+        sample(out, &format!("{name}_count"), &labels, count);
+    }
+}
+
 fn observe(stats: &mut StepStats, duration: Duration) {
     let secs = duration.as_secs_f64();
     if let Some(i) = BUCKETS.iter().position(|bound| secs <= *bound) {
@@ -370,6 +563,7 @@ mod tests {
                 report(1, "toFiles", StepKind::Load, Some(secs)),
             ],
             elapsed: Duration::from_secs_f64(secs),
+            commit: None,
         }
     }
 

@@ -79,6 +79,7 @@ impl Runner {
                 error: None,
                 error_class: None,
                 steps: Vec::new(),
+                stream: None,
             };
             let shutdown = shutdown.clone();
             async move {
@@ -126,6 +127,7 @@ impl Runner {
             error: None,
             error_class: None,
             steps: Vec::new(),
+            stream: None,
         };
         self.metrics.run_ended(pipeline, Status::Skipped);
         self.append(&record);

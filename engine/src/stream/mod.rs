@@ -131,14 +131,27 @@ impl StreamState {
     }
 }
 
+/// One partition's (source key's) part of a batch.
+#[derive(Debug, Clone)]
+pub struct PartitionProgress {
+    /// Source key, e.g. `events/0`.
+    pub key: String,
+    /// Position the batch read from.
+    pub start: i64,
+    /// Position the batch read up to (exclusive).
+    pub end: i64,
+    /// Positions available but not yet read after the batch.
+    pub lag: i64,
+}
+
 /// One streaming source's part of a batch.
 #[derive(Debug, Clone)]
 pub struct SourceProgress {
     /// The extract step, e.g. `steps[0] (fromKafka as "events")`.
     pub step: String,
-    /// Key (e.g. `events/0`) → (start, end) positions of the batch.
-    pub ranges: Vec<(String, i64, i64)>,
-    /// Positions available but not yet read after the batch.
+    /// Per key, sorted.
+    pub partitions: Vec<PartitionProgress>,
+    /// Positions available but not yet read after the batch, in all.
     pub lag: i64,
 }
 
@@ -155,6 +168,8 @@ pub struct BatchReport {
     pub sources: Vec<SourceProgress>,
     /// Wall time of the batch, commit included.
     pub duration: Duration,
+    /// Time the sinks took to commit, once everything was staged.
+    pub commit: Option<Duration>,
 }
 
 impl fmt::Display for BatchReport {
@@ -167,12 +182,15 @@ impl fmt::Display for BatchReport {
             self.rows_out,
             self.duration.as_secs_f64()
         )?;
+        if let Some(commit) = self.commit {
+            write!(f, " (commit {}ms)", commit.as_millis())?;
+        }
         for source in &self.sources {
             let ranges: Vec<String> = source
-                .ranges
+                .partitions
                 .iter()
-                .filter(|(_, start, end)| start != end)
-                .map(|(key, start, end)| format!("{key}:{start}-{end}"))
+                .filter(|p| p.start != p.end)
+                .map(|p| format!("{}:{}-{}", p.key, p.start, p.end))
                 .collect();
             write!(f, "; offsets {} lag {}", ranges.join(" "), source.lag)?;
         }
@@ -281,6 +299,7 @@ pub async fn run_stream(
                 rows_out: run.steps.iter().filter_map(|s| s.rows).sum(),
                 sources: Vec::new(),
                 duration: batch_started.elapsed(),
+                commit: run.commit,
             };
             for source in streams {
                 report.sources.push(progress(source).await?);
@@ -288,8 +307,8 @@ pub async fn run_stream(
             report.rows_in = report
                 .sources
                 .iter()
-                .flat_map(|s| &s.ranges)
-                .map(|(_, start, end)| end - start)
+                .flat_map(|s| &s.partitions)
+                .map(|p| p.end - p.start)
                 .sum();
             summary.rows_in += report.rows_in;
             summary.rows_out += report.rows_out;
@@ -324,23 +343,20 @@ async fn progress(source: &OpenedSource) -> Result<SourceProgress> {
         .latest()
         .await
         .map_err(|e| Error::from_connector(&source.step, e))?;
-    let mut ranges: Vec<(String, i64, i64)> = source
+    let mut partitions: Vec<PartitionProgress> = source
         .marks
         .iter()
-        .map(|(key, end)| {
-            let start = source.start.get(key).copied().unwrap_or(*end);
-            (key.clone(), start.min(*end), *end)
+        .map(|(key, end)| PartitionProgress {
+            key: key.clone(),
+            start: source.start.get(key).copied().unwrap_or(*end).min(*end),
+            end: *end,
+            lag: latest.get(key).map_or(0, |l| (l - end).max(0)),
         })
         .collect();
-    ranges.sort();
-    let lag = source
-        .marks
-        .iter()
-        .map(|(key, end)| latest.get(key).map_or(0, |l| (l - end).max(0)))
-        .sum();
+    partitions.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(SourceProgress {
         step: source.step.to_string(),
-        ranges,
-        lag,
+        lag: partitions.iter().map(|p| p.lag).sum(),
+        partitions,
     })
 }

@@ -1,0 +1,385 @@
+//! Streaming runs are observed like batch runs: history records at start,
+//! every so often and at the end (one run id), and streaming metrics (batches,
+//! rows, consumer lag per partition, seconds since the last commit, commit
+//! durations) on `--metrics-addr` and in `--metrics-file`; against a real
+//! Kafka-compatible broker (tansu).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dataflow_connectors::testing::KafkaBroker;
+use serde_json::Value;
+
+fn broker() -> &'static KafkaBroker {
+    KafkaBroker::shared()
+}
+
+/// A fresh topic with `partitions` partitions and `events` JSON events
+/// `{"id": i, "kind": purchase|view, "amount": i/2}` spread over them.
+fn topic_with_events(name: &str, partitions: i32, events: std::ops::Range<i64>) -> String {
+    let topic = format!("{name}-{}", std::process::id());
+    broker().create_topic(&topic, partitions).unwrap();
+    let values: Vec<(i32, String)> = events
+        .map(|i| {
+            let kind = if i % 3 == 0 { "purchase" } else { "view" };
+            let value = format!(
+                r#"{{"id": {i}, "kind": "{kind}", "amount": {}}}"#,
+                i as f64 / 2.0
+            );
+            ((i % i64::from(partitions)) as i32, value)
+        })
+        .collect();
+    let records: Vec<_> = values
+        .iter()
+        .map(|(p, v)| (*p, None, v.as_bytes()))
+        .collect();
+    broker().produce(&topic, &records).unwrap();
+    topic
+}
+
+/// Kafka (json, at most `max` records per batch) → purchases → Delta, as a
+/// streaming config file with `trigger`; `query` selects from `events`.
+fn stream_pipeline(dir: &Path, topic: &str, trigger: &str, max: u32, query: &str) -> String {
+    let config = format!(
+        r#"{{"name": "observed-{topic}", "mode": "streaming", "trigger": "{trigger}", "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE", "maxOffsetsPerTrigger": {max},
+          "registerAs": "events"}}}},
+        {{"type": "transform", "method": "sql", "config": {{"query": "{query}"}}}},
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases", "saveMode": "append"}}}}
+    ]}}"#,
+        broker().bootstrap()
+    );
+    write_config(dir, "stream.json", &config)
+}
+
+const PURCHASES: &str = "SELECT id, amount FROM events WHERE kind = 'purchase'";
+
+/// The raw lines of `history.jsonl` in `state` for `pipeline`.
+fn history_lines(state: &Path, pipeline: &str) -> Vec<Value> {
+    std::fs::read_to_string(state.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|r| r["pipeline"] == pipeline)
+        .collect()
+}
+
+/// The records `run-pipeline history --json` shows for `pipeline`.
+fn shown(state: &Path, pipeline: &str) -> Vec<Value> {
+    history(state)
+        .into_iter()
+        .filter(|r| r["pipeline"] == pipeline)
+        .collect()
+}
+
+/// The rows of the load step and of the Kafka step in a shown record.
+fn step_rows(record: &Value) -> (u64, u64) {
+    let steps = record["steps"].as_array().unwrap();
+    let rows = |kind: &str| {
+        steps
+            .iter()
+            .find(|s| s["kind"] == kind)
+            .and_then(|s| s["rows"].as_u64())
+            .unwrap_or_else(|| panic!("no {kind} rows in {record}"))
+    };
+    (rows("load"), rows("extract"))
+}
+
+#[test]
+fn available_now_run_is_recorded_and_measured() {
+    let topic = topic_with_events("obs-drain", 4, 0..1000);
+    let pipeline = format!("observed-{topic}");
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let metrics_file = out.path().join("metrics.json");
+    let file = stream_pipeline(out.path(), &topic, "availableNow", 300, PURCHASES);
+    let result = run(
+        out.path(),
+        &[
+            "run",
+            &file,
+            "--state-dir",
+            &state.display().to_string(),
+            "--metrics-file",
+            &metrics_file.display().to_string(),
+        ],
+    );
+    result.assert_ok();
+    // The per-batch lines and the summary are still printed.
+    let batch_lines = result.stderr.lines().filter(|l| l.starts_with("batch "));
+    assert_eq!(batch_lines.count(), 4, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("finished after")
+            && result
+                .stderr
+                .contains("4 batches, 1000 rows in, 334 rows out"),
+        "{}",
+        result.stderr
+    );
+
+    // History: a start record and an end record of one run.
+    let records = shown(&state, &pipeline);
+    assert!(records.len() >= 2, "{records:?}");
+    let (first, last) = (&records[0], &records[records.len() - 1]);
+    assert_eq!(first["status"], "running", "{first}");
+    assert_eq!(last["status"], "succeeded", "{last}");
+    for record in &records {
+        assert_eq!(record["runId"], first["runId"], "{record}");
+        assert_eq!(record["trigger"], "manual", "{record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert!(record.get("error").is_none(), "{record}");
+    }
+    assert_eq!(step_rows(last), (334, 1000), "{last}");
+    assert_eq!(last["batches"], 4, "{last}");
+    assert!(last["end"].as_str() >= first["start"].as_str());
+    // The file has the batch counts beside the usual fields.
+    let lines = history_lines(&state, &pipeline);
+    assert_eq!(lines.len(), records.len());
+    assert_eq!(lines[0]["batches"], 0, "{}", lines[0]);
+    let end = &lines[lines.len() - 1];
+    assert_eq!(
+        (&end["batches"], &end["rowsIn"], &end["rowsOut"]),
+        (&Value::from(4), &Value::from(1000), &Value::from(334)),
+        "{end}"
+    );
+    // And the table shows both records, the end one with its rows out.
+    let table = run(
+        out.path(),
+        &[
+            "history",
+            &pipeline,
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    );
+    table.assert_ok();
+    let rows: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(rows.len(), records.len() + 1, "{}", table.stdout);
+    assert!(rows[1].contains("running"), "{}", table.stdout);
+    assert!(
+        rows[rows.len() - 1].contains("succeeded") && rows[rows.len() - 1].contains(" 334"),
+        "{}",
+        table.stdout
+    );
+
+    // Metrics file: batches, rows, commits, and the lag of every partition.
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics_file).unwrap()).unwrap();
+    let stream = &json["streams"][0];
+    assert_eq!(stream["pipeline"], pipeline.as_str(), "{json}");
+    assert_eq!(stream["batches"], 4, "{json}");
+    assert_eq!(stream["rowsIn"], 1000, "{json}");
+    assert_eq!(stream["rowsOut"], 334, "{json}");
+    assert_eq!(stream["commits"], 4, "{json}");
+    assert!(stream["secondsSinceLastCommit"].as_f64().unwrap() >= 0.0);
+    let lag = stream["lag"].as_array().unwrap();
+    let partitions: Vec<&str> = lag
+        .iter()
+        .map(|l| l["partition"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..4).map(|p| format!("{topic}/{p}")).collect();
+    assert_eq!(partitions, expected, "{json}");
+    for l in lag {
+        assert_eq!(l["lag"], 0, "drained: {json}");
+        assert_eq!(l["source"], r#"steps[0] (fromKafka as "events")"#, "{json}");
+    }
+    assert!(
+        json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["pipeline"] == pipeline.as_str()
+                && r["status"] == "succeeded"
+                && r["count"] == 1),
+        "{json}"
+    );
+}
+
+/// GET /metrics, or `None` while nothing listens yet.
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some(body.to_string())
+}
+
+/// Parses the text exposition into `series → value`, checking every line.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.split(' ');
+            assert!(matches!(words.next(), Some("HELP" | "TYPE")), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(series.starts_with("dataflow_"), "{line}");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[test]
+fn processing_time_run_serves_stream_metrics_and_stops_on_sigterm() {
+    let topic = topic_with_events("obs-live", 2, 0..200);
+    let pipeline = format!("observed-{topic}");
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let file = stream_pipeline(out.path(), &topic, "processingTime=200ms", 50, PURCHASES);
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let child = cli(out.path())
+        .args(["run", &file, "--metrics-addr", &addr])
+        .args(["--state-dir", &state.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // 200 records, 50 per batch: 4 batches, then idle polls.
+    let p = format!(r#"pipeline="{pipeline}""#);
+    let batches = format!("dataflow_stream_batches_total{{{p}}}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let samples = loop {
+        let samples = scrape(&addr).map(|text| parse(&text));
+        if let Some(samples) = samples.filter(|s| s.get(&batches).copied().unwrap_or(0.0) >= 4.0) {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 4 batches in 120 s; last scrape: {:?}",
+            scrape(&addr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Still running while scraped: the history has the start record.
+    let started = shown(&state, &pipeline);
+    assert_eq!(started[0]["status"], "running", "{started:?}");
+
+    kill("-TERM", child.id());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("batch 4: 50 rows in"), "{stderr}");
+    assert!(stderr.contains("stopped after"), "{stderr}");
+
+    assert_eq!(samples[&batches], 4.0, "{samples:?}");
+    assert_eq!(
+        samples[&format!("dataflow_stream_rows_in_total{{{p}}}")],
+        200.0
+    );
+    assert!(samples[&format!("dataflow_stream_rows_out_total{{{p}}}")] > 0.0);
+    let source = r#"source="steps[0] (fromKafka as \"events\")""#;
+    for partition in 0..2 {
+        let lag = format!(
+            "dataflow_stream_consumer_lag{{{p},{source},partition=\"{topic}/{partition}\"}}"
+        );
+        assert_eq!(samples.get(&lag), Some(&0.0), "{lag} in {samples:?}");
+    }
+    let since = samples[&format!("dataflow_stream_seconds_since_last_commit{{{p}}}")];
+    assert!(since >= 0.0, "{since}");
+    let name = "dataflow_stream_commit_duration_seconds";
+    let count = samples[&format!("{name}_count{{{p}}}")];
+    let inf = samples[&format!("{name}_bucket{{{p},le=\"+Inf\"}}")];
+    assert!(count == 4.0 && inf == count, "{count} {inf}");
+    assert!(samples[&format!("{name}_sum{{{p}}}")] > 0.0);
+
+    // The end record: stopped by the signal, with the counts.
+    let records = shown(&state, &pipeline);
+    let last = &records[records.len() - 1];
+    assert_eq!(last["status"], "stopped", "{records:?}");
+    assert_eq!(last["runId"], records[0]["runId"]);
+    assert_eq!(step_rows(last).1, 200, "{last}");
+    let lines = history_lines(&state, &pipeline);
+    assert_eq!(lines[lines.len() - 1]["batches"], 4);
+}
+
+#[test]
+fn a_failing_stream_records_the_error() {
+    let topic = topic_with_events("obs-fail", 1, 0..10);
+    let pipeline = format!("observed-{topic}");
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let file = stream_pipeline(
+        out.path(),
+        &topic,
+        "availableNow",
+        5,
+        "SELECT nope FROM events",
+    );
+    let result = run(
+        out.path(),
+        &["run", &file, "--state-dir", &state.display().to_string()],
+    );
+    assert_eq!(result.code, 2, "{}", result.stderr);
+    let records = shown(&state, &pipeline);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["status"], "running");
+    assert_eq!(records[1]["status"], "failed");
+    assert_eq!(records[1]["errorClass"], "permanent");
+    assert!(
+        records[1]["error"].as_str().unwrap().contains("nope"),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn long_streams_write_progress_records() {
+    // 1 record per batch: batch 100 writes a progress record.
+    let topic = topic_with_events("obs-progress", 1, 0..105);
+    let pipeline = format!("observed-{topic}");
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    let file = stream_pipeline(out.path(), &topic, "availableNow", 1, PURCHASES);
+    let result = run(
+        out.path(),
+        &[
+            "run",
+            "-q",
+            &file,
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    );
+    result.assert_ok();
+    let lines = history_lines(&state, &pipeline);
+    let statuses: Vec<&str> = lines
+        .iter()
+        .map(|l| l["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.first(), Some(&"running"), "{lines:?}");
+    assert_eq!(statuses.last(), Some(&"succeeded"), "{lines:?}");
+    // At least the start and the one at batch 100 (more if batches are slow
+    // enough for the 60 s interval to come first).
+    let progress: Vec<&Value> = lines[1..lines.len() - 1].iter().collect();
+    assert!(!progress.is_empty(), "{lines:?}");
+    for record in &progress {
+        assert_eq!(record["status"], "running");
+        assert_eq!(record["runId"], lines[0]["runId"]);
+        let batches = record["batches"].as_u64().unwrap();
+        assert!((1..=105).contains(&batches), "{record}");
+        assert_eq!(record["rowsIn"].as_u64(), Some(batches), "{record}");
+    }
+    let end = &lines[lines.len() - 1];
+    assert_eq!(end["batches"], 105, "{end}");
+}
