@@ -124,7 +124,7 @@ def main():
     results = {}
     for run in range(args.runs):
         for name, cmd, case_env in cases:  # interleaved, so noise hits everyone
-            results.setdefault(name, []).append(timed(cmd, case_env))
+            results.setdefault(name, []).append(timed(cmd, case_env)[:2])
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
 
     print(f"\nTPC-H SF{args.sf} lineitem from PostgreSQL 15, {args.runs} runs, medians")

@@ -47,7 +47,7 @@ def main():
     results = {}
     for run in range(args.runs):
         for job, engine, cmd, env in cases:  # interleaved, so noise hits everyone
-            results.setdefault((job, engine), []).append(timed(cmd, env))
+            results.setdefault((job, engine), []).append(timed(cmd, env)[:2])
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
 
     print(f"\nTPC-H SF{args.sf} lineitem CSV, {args.runs} runs, medians")
