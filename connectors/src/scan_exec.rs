@@ -38,16 +38,20 @@ pub(crate) struct ReaderExec {
     name: &'static str,
     /// Shown after the name in `explain`, e.g. `source=app@db:5432/shop`.
     header: String,
+    /// What one partition reads, as `explain` labels it: `sql` → `sql[0]=...`.
+    item: &'static str,
     schema: SchemaRef,
     readers: Vec<Arc<dyn PartitionReader>>,
     properties: Arc<PlanProperties>,
 }
 
 impl ReaderExec {
-    /// A plan named `name` (e.g. `PostgresScanExec`) reading `readers`.
+    /// A plan named `name` (e.g. `PostgresScanExec`) reading `readers`,
+    /// each shown in `explain` as `item[i]=` and its description.
     pub(crate) fn new(
         name: &'static str,
         header: String,
+        item: &'static str,
         schema: SchemaRef,
         readers: Vec<Arc<dyn PartitionReader>>,
     ) -> Self {
@@ -60,6 +64,7 @@ impl ReaderExec {
         ReaderExec {
             name,
             header,
+            item,
             schema,
             readers,
             properties: Arc::new(properties),
@@ -79,14 +84,14 @@ impl DisplayAs for ReaderExec {
                     self.readers.len()
                 )?;
                 for (i, reader) in self.readers.iter().enumerate() {
-                    write!(f, ", [{i}]={}", reader.describe())?;
+                    write!(f, ", {}[{i}]={}", self.item, reader.describe())?;
                 }
                 Ok(())
             }
             DisplayFormatType::TreeRender => {
                 writeln!(f, "{}", self.header)?;
                 for (i, reader) in self.readers.iter().enumerate() {
-                    writeln!(f, "[{i}]={}", reader.describe())?;
+                    writeln!(f, "{}[{i}]={}", self.item, reader.describe())?;
                 }
                 Ok(())
             }

@@ -625,6 +625,7 @@ impl TableProvider for KafkaTable {
         Ok(Arc::new(ReaderExec::new(
             "KafkaScanExec",
             format!("bootstrap={}", self.settings.client.bootstrap_servers),
+            "range",
             schema,
             readers,
         )))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
 use tokio_postgres::{Client, CopyOutStream};
@@ -16,6 +17,7 @@ use super::connect::Connector;
 use super::copy::CopyDecoder;
 use super::types::PgKind;
 use crate::error::{ConnectorError, Result};
+use crate::scan_exec::PartitionReader;
 
 /// First retry delay; doubled on every further attempt, up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(250);
@@ -96,13 +98,23 @@ pub(crate) struct PartitionRead {
     pub label: String,
 }
 
+impl PartitionReader for PartitionRead {
+    fn describe(&self) -> String {
+        self.select.clone()
+    }
+
+    fn read(&self, tx: Sender<DfResult<RecordBatch>>) -> BoxFuture<'static, DfResult<()>> {
+        Box::pin(self.clone().run(tx))
+    }
+}
+
 impl PartitionRead {
     /// Reads the partition into `tx`. A lost connection is retried with
     /// exponential backoff, up to `retries` times, as long as this partition
     /// has not yet passed any row on: a COPY restarted after that could not
     /// tell which rows were already delivered, so the read fails instead
     /// (and the run commits nothing).
-    pub(crate) async fn run(self, tx: Sender<DfResult<RecordBatch>>) -> DfResult<()> {
+    async fn run(self, tx: Sender<DfResult<RecordBatch>>) -> DfResult<()> {
         let mut attempt = 0;
         loop {
             let mut sent = 0u64;

@@ -1,33 +1,22 @@
 //! The `fromPostgres` table: a DataFusion `TableProvider` whose scans push
 //! projections, filters and limits into one `COPY (SELECT ...)` per
-//! partition, and the `ExecutionPlan` that runs those partitions in parallel.
+//! partition, run in parallel by the shared [`ReaderExec`].
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
-    PlanProperties, ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::connect::Connector;
 use super::read::PartitionRead;
 use super::sql::{filter, ident};
 use super::types::PgKind;
-
-/// Batches buffered per partition between the reader and its consumer.
-const CHANNEL_BATCHES: usize = 2;
+use crate::scan_exec::{PartitionReader, ReaderExec};
 
 /// Everything every scan of one `fromPostgres` step shares, fixed at plan time.
 #[derive(Debug)]
@@ -155,141 +144,32 @@ impl TableProvider for PostgresTable {
             .collect::<DfResult<Vec<_>>>()?;
         let schema = Arc::new(relation.schema.project(&columns)?);
         let kinds = columns.iter().map(|&i| relation.kinds[i].clone()).collect();
-        let selects = relation
+        let kinds: Vec<PgKind> = kinds;
+        let count = relation.partitions.len();
+        // One `COPY (SELECT ...)` per output partition, each on its own
+        // connection.
+        let readers = relation
             .partitions
             .iter()
-            .map(|range| relation.select(&columns, &conditions, range.as_deref(), limit))
+            .enumerate()
+            .map(|(i, range)| {
+                Arc::new(PartitionRead {
+                    connector: relation.connector.clone(),
+                    select: relation.select(&columns, &conditions, range.as_deref(), limit),
+                    schema: schema.clone(),
+                    kinds: kinds.clone(),
+                    batch_size: relation.batch_size,
+                    retries: relation.retries,
+                    label: format!("partition {} of {count}", i + 1),
+                }) as Arc<dyn PartitionReader>
+            })
             .collect();
-        Ok(Arc::new(PostgresScanExec::new(
-            relation.clone(),
+        Ok(Arc::new(ReaderExec::new(
+            "PostgresScanExec",
+            format!("source={}", relation.connector.target()),
+            "sql",
             schema,
-            kinds,
-            selects,
+            readers,
         )))
-    }
-}
-
-/// Reads one `COPY (SELECT ...)` per output partition, each on its own
-/// connection.
-#[derive(Debug)]
-pub(crate) struct PostgresScanExec {
-    relation: Arc<Relation>,
-    schema: SchemaRef,
-    kinds: Vec<PgKind>,
-    /// One SELECT per output partition.
-    selects: Vec<String>,
-    properties: Arc<PlanProperties>,
-}
-
-impl PostgresScanExec {
-    fn new(
-        relation: Arc<Relation>,
-        schema: SchemaRef,
-        kinds: Vec<PgKind>,
-        selects: Vec<String>,
-    ) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(selects.len()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        PostgresScanExec {
-            relation,
-            schema,
-            kinds,
-            selects,
-            properties: Arc::new(properties),
-        }
-    }
-}
-
-impl DisplayAs for PostgresScanExec {
-    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let source = self.relation.connector.target();
-        match t {
-            DisplayFormatType::Default | DisplayFormatType::Verbose => {
-                write!(
-                    f,
-                    "PostgresScanExec: source={source}, partitions={}",
-                    self.selects.len()
-                )?;
-                for (i, select) in self.selects.iter().enumerate() {
-                    write!(f, ", sql[{i}]={select}")?;
-                }
-                Ok(())
-            }
-            DisplayFormatType::TreeRender => {
-                writeln!(f, "source={source}")?;
-                for (i, select) in self.selects.iter().enumerate() {
-                    writeln!(f, "sql[{i}]={select}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl ExecutionPlan for PostgresScanExec {
-    fn name(&self) -> &str {
-        "PostgresScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let select = self.selects.get(partition).ok_or_else(|| {
-            DataFusionError::Internal(format!("PostgresScanExec has no partition {partition}"))
-        })?;
-        let relation = &self.relation;
-        let read = PartitionRead {
-            connector: relation.connector.clone(),
-            select: select.clone(),
-            schema: self.schema.clone(),
-            kinds: self.kinds.clone(),
-            batch_size: relation.batch_size,
-            retries: relation.retries,
-            label: format!("partition {} of {}", partition + 1, self.selects.len()),
-        };
-        let mut builder =
-            RecordBatchReceiverStreamBuilder::new(self.schema.clone(), CHANNEL_BATCHES);
-        let tx = builder.tx();
-        builder.spawn(read.run(tx));
-        Ok(builder.build())
     }
 }
