@@ -12,6 +12,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 use serde_json::Value;
 
+use crate::error::{ConnectorError, Result};
+
 /// Connection settings of one Kafka step.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientSettings {
@@ -103,3 +105,17 @@ impl ConsumerContext for Context {}
 
 /// A consumer with [`Context`].
 pub(crate) type Consumer = BaseConsumer<Context>;
+
+/// A Kafka failure as a connector error naming the brokers and the action.
+pub(crate) fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Rejected(format!("Kafka at {servers}: {doing}: {e}"))
+}
+
+/// Runs a blocking client call off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ConnectorError::Rejected(format!("Kafka client task failed: {e}")))?
+}

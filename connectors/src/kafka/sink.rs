@@ -27,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::client::{ClientSettings, Consumer as KafkaConsumer, Context};
+use super::client::{blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context};
 use crate::error::{ConnectorError, Result};
 
 /// How long transaction and offset requests may take.
@@ -110,10 +110,6 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         client,
         producer: Mutex::new(None),
     }))
-}
-
-fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Rejected(format!("Kafka at {servers}: {doing}: {e}"))
 }
 
 /// A mark's app id is `<scope>/<topic>/<partition>`: the consumer group
@@ -319,13 +315,6 @@ impl KafkaSink {
         ended?;
         Ok(written)
     }
-}
-
-/// Runs a blocking client call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ConnectorError::Rejected(format!("Kafka client task failed: {e}")))?
 }
 
 #[async_trait]

@@ -24,7 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::client::{ClientSettings, Consumer as KafkaConsumer, Context};
+use super::client::{blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context};
 use super::decode::Format;
 use super::read::{OnDecodeError, RangeRead, ReadSettings};
 use crate::error::{ConnectorError, Result};
@@ -204,10 +204,6 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
     }))
 }
 
-fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Rejected(format!("Kafka at {servers}: {doing}: {e}"))
-}
-
 impl KafkaSource {
     /// The shared consumer (metadata, watermarks, group commits).
     fn consumer(&self) -> Result<Arc<KafkaConsumer>> {
@@ -231,9 +227,7 @@ impl KafkaSource {
         f: impl FnOnce(&KafkaConsumer) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let consumer = self.consumer()?;
-        tokio::task::spawn_blocking(move || f(&consumer))
-            .await
-            .map_err(|e| ConnectorError::Rejected(format!("Kafka client task failed: {e}")))?
+        blocking(move || f(&consumer)).await
     }
 
     /// Every partition of the topics, with its (low, high) watermarks.
