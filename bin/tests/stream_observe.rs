@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -201,39 +199,6 @@ fn available_now_run_is_recorded_and_measured() {
                 && r["count"] == 1),
         "{json}"
     );
-}
-
-/// GET /metrics, or `None` while nothing listens yet.
-fn scrape(addr: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    Some(body.to_string())
-}
-
-/// Parses the text exposition into `series → value`, checking every line.
-fn parse(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let mut words = comment.split(' ');
-            assert!(matches!(words.next(), Some("HELP" | "TYPE")), "{line}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        assert!(series.starts_with("dataflow_"), "{line}");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
-        samples.insert(series.to_string(), value);
-    }
-    samples
 }
 
 #[test]
