@@ -24,11 +24,32 @@ pub(crate) struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// Parses a Kafka step's config: the `kafka.*` keys become the
+    /// passthrough settings, the others the typed config `C`, whose
+    /// `servers` (`bootstrapServers`) must not be empty.
+    pub(crate) fn parse_step<C: serde::de::DeserializeOwned>(
+        info: &StepInfo,
+        servers: fn(&C) -> &str,
+    ) -> dataflow_engine::Result<(C, ClientSettings)> {
+        let mut info = info.clone();
+        let passthrough = Self::take_passthrough(&mut info)?;
+        let config: C = info.parse()?;
+        let bootstrap_servers = servers(&config).to_string();
+        if bootstrap_servers.trim().is_empty() {
+            return Err(info.error("bootstrapServers", "must not be empty"));
+        }
+        Ok((
+            config,
+            ClientSettings {
+                bootstrap_servers,
+                passthrough,
+            },
+        ))
+    }
+
     /// Takes the `kafka.*` keys out of `info`'s config (so the typed config
-    /// can reject unknown keys) and returns them with `bootstrap_servers`.
-    pub(crate) fn take_passthrough(
-        info: &mut StepInfo,
-    ) -> dataflow_engine::Result<BTreeMap<String, Secret>> {
+    /// can reject unknown keys).
+    fn take_passthrough(info: &mut StepInfo) -> dataflow_engine::Result<BTreeMap<String, Secret>> {
         let keys: Vec<String> = info
             .config
             .keys()

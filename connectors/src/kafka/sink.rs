@@ -86,12 +86,8 @@ impl std::fmt::Debug for KafkaSink {
 
 /// Builds a `toKafka` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
-    let mut info = info.clone();
-    let passthrough = ClientSettings::take_passthrough(&mut info)?;
-    let config: ToKafkaConfig = info.parse()?;
-    if config.bootstrap_servers.trim().is_empty() {
-        return Err(info.error("bootstrapServers", "must not be empty"));
-    }
+    let (config, client) =
+        ClientSettings::parse_step(info, |c: &ToKafkaConfig| c.bootstrap_servers.as_str())?;
     if config.topic.is_empty() {
         return Err(info.error("topic", "must not be empty"));
     }
@@ -101,10 +97,6 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
             "only applies with format raw (json writes the whole row)",
         ));
     }
-    let client = ClientSettings {
-        bootstrap_servers: config.bootstrap_servers.clone(),
-        passthrough,
-    };
     Ok(Arc::new(KafkaSink {
         config,
         client,

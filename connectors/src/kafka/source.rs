@@ -148,12 +148,8 @@ impl std::fmt::Debug for KafkaSource {
 
 /// Builds a `fromKafka` source from its step config.
 pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>> {
-    let mut info = info.clone();
-    let passthrough = ClientSettings::take_passthrough(&mut info)?;
-    let config: FromKafkaConfig = info.parse()?;
-    if config.bootstrap_servers.trim().is_empty() {
-        return Err(info.error("bootstrapServers", "must not be empty"));
-    }
+    let (config, client) =
+        ClientSettings::parse_step(info, |c: &FromKafkaConfig| c.bootstrap_servers.as_str())?;
     let topics = match (&config.topic, &config.topics) {
         (Some(topic), None) => vec![topic.clone()],
         (None, Some(topics)) if !topics.is_empty() => topics.clone(),
@@ -190,10 +186,6 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
             "only applies with format json (raw values are never decoded)",
         ));
     }
-    let client = ClientSettings {
-        bootstrap_servers: config.bootstrap_servers.clone(),
-        passthrough,
-    };
     Ok(Arc::new(KafkaSource {
         config,
         topics,
