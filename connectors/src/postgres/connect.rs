@@ -9,10 +9,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dataflow_engine::secret::Secret;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::tls::{self, TlsParams};
 use crate::error::ConnectorError;
 
 /// Used when the url sets no `connect_timeout`.
@@ -21,6 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How to reach the server, and every form of the password to redact.
 pub(crate) struct Connector {
     config: Config,
+    tls: MakeRustlsConnect,
     secrets: Vec<Secret>,
     target: String,
 }
@@ -33,8 +36,9 @@ impl fmt::Debug for Connector {
 
 impl Connector {
     /// Parses `url` (a `postgresql://` URL or `key=value` string; its
-    /// parameters such as `sslmode` or `connect_timeout` are honoured);
-    /// `password`, when given, replaces a password in the url.
+    /// parameters such as `sslmode`, `sslrootcert` or `connect_timeout` are
+    /// honoured, see [`tls`]); `password`, when given, replaces a password
+    /// in the url. Reads the certificate files the url names.
     pub(crate) fn new(url: &Secret, password: Option<Secret>) -> Result<Self, String> {
         let mut secrets = Vec::new();
         if let Some(raw) = url::Url::parse(url.expose())
@@ -44,14 +48,11 @@ impl Connector {
             secrets.push(raw);
         }
         let redact = |text: String| secrets.iter().fold(text, |t, s| s.redact(&t));
-        let mut config = Config::from_str(url.expose())
+        let (rest, tls_params) = TlsParams::split(url.expose());
+        let mut config = Config::from_str(&rest)
             .map_err(|e| redact(format!("invalid url: {}", describe(&e))))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "sslmode=require: TLS connections are not supported yet; use sslmode=prefer or disable over a trusted network"
-                    .into(),
-            );
-        }
+        config.ssl_mode(tls_params.ssl_mode(config.get_ssl_mode())?);
+        let tls = tls_params.connector()?;
         if let Some(decoded) = config.get_password() {
             secrets.push(Secret::new(String::from_utf8_lossy(decoded)));
         }
@@ -71,6 +72,7 @@ impl Connector {
         let target = target(&config);
         Ok(Connector {
             config,
+            tls,
             secrets,
             target,
         })
@@ -93,7 +95,7 @@ impl Connector {
     pub(crate) async fn connect(&self) -> Result<Client, ConnectorError> {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| self.error(&format!("connecting to {}", self.target), &e))?;
         tokio::spawn(async move {
@@ -165,6 +167,9 @@ pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
 /// Whether the error is a lost or refused connection rather than a
 /// statement the server rejected.
 fn retryable(err: &tokio_postgres::Error) -> bool {
+    if tls::rejected(err) {
+        return false;
+    }
     if err.is_closed() {
         return true;
     }
@@ -208,7 +213,8 @@ mod tests {
         let err = Connector::new(&url, None).unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.starts_with("invalid url"), "{err}");
-        let tls = Secret::new("postgresql://app@db/x?sslmode=require");
-        assert!(Connector::new(&tls, None).unwrap_err().contains("TLS"));
+        let tls = Secret::new("postgresql://app:hunter2@db/x?sslmode=require&sslrootcert=/none");
+        let err = Connector::new(&tls, None).unwrap_err();
+        assert!(err.starts_with("sslrootcert /none"), "{err}");
     }
 }

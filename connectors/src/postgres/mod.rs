@@ -14,6 +14,7 @@ mod partition;
 mod read;
 mod scan;
 mod sql;
+mod tls;
 mod types;
 mod values;
 

@@ -5,4 +5,4 @@ pub mod kafka;
 pub mod postgres;
 
 pub use kafka::{KafkaBroker, KafkaRecord, ProducerRecord};
-pub use postgres::PgServer;
+pub use postgres::{PgServer, CERT_USER, USER};

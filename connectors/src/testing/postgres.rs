@@ -1,6 +1,9 @@
 //! A throwaway PostgreSQL 15 server for tests: `initdb` + `pg_ctl` in a
 //! temporary directory, on a free local port, with password authentication
-//! over TCP.
+//! over TCP, plain or TLS. The server's certificate is issued for
+//! `localhost` by a test CA ([`PgServer::tls_file`] `ca.pem`); a role
+//! named [`CERT_USER`], once a test creates it, logs in over TLS with the
+//! client certificate `client.crt` / `client.key` and nothing else.
 //!
 //! When the tests run as root (CI), the cluster is owned by and run as the
 //! `postgres` user, since `initdb` refuses root. The server is stopped when
@@ -8,8 +11,9 @@
 //! server that is never dropped, by a watchdog process once the test binary
 //! exits.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +26,9 @@ use tokio_postgres::{Client, NoTls};
 pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 /// The superuser the tests connect as.
 pub const USER: &str = "dataflow_test";
+/// The role (not created by the harness) that authenticates with the
+/// client certificate `client.crt`.
+pub const CERT_USER: &str = "dataflow_cert";
 
 /// A running PostgreSQL server.
 #[derive(Debug)]
@@ -67,6 +74,7 @@ impl PgServer {
             run_as,
         };
         server.initdb()?;
+        server.enable_tls()?;
         server.watchdog()?;
         // Another process may take the free port before the server binds it.
         let mut last = None;
@@ -108,6 +116,70 @@ impl PgServer {
                 "--pwfile={}",
                 self.dir.path().join("pwfile").display()
             )))
+    }
+
+    /// Issues the certificates (test CA → server for `localhost`, client
+    /// for [`CERT_USER`]; plus an unrelated CA) and turns TLS on.
+    fn enable_tls(&self) -> io::Result<()> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let tls_err = |e: rcgen::Error| io::Error::other(format!("test certificates: {e}"));
+        let ca = |name: &str| -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate()?;
+            Ok((params.self_signed(&key)?, key))
+        };
+        let issue = |names: Vec<String>, cn: &str, ca: &(rcgen::Certificate, KeyPair)| {
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca.0, &ca.1)?;
+            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+        };
+        let test_ca = ca("dataflow test CA").map_err(tls_err)?;
+        let other_ca = ca("unrelated CA").map_err(tls_err)?;
+        let (server_crt, server_key) =
+            issue(vec!["localhost".into()], "localhost", &test_ca).map_err(tls_err)?;
+        let (client_crt, client_key) = issue(vec![], CERT_USER, &test_ca).map_err(tls_err)?;
+
+        let data = self.data();
+        let owned_by_server = |name: &str, pem: &str| -> io::Result<()> {
+            let path = data.join(name);
+            std::fs::write(&path, pem)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            match self.run_as {
+                Some(user) => run(Command::new("chown").arg(user).arg(&path)),
+                None => Ok(()),
+            }
+        };
+        owned_by_server("server.crt", &server_crt)?;
+        owned_by_server("server.key", &server_key)?;
+        owned_by_server("root.crt", &test_ca.0.pem())?;
+        let dir = self.dir.path();
+        std::fs::write(dir.join("ca.pem"), test_ca.0.pem())?;
+        std::fs::write(dir.join("other-ca.pem"), other_ca.0.pem())?;
+        std::fs::write(dir.join("client.crt"), client_crt)?;
+        std::fs::write(dir.join("client.key"), client_key)?;
+
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'"
+        )?;
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba)?;
+        let cert_rule = format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\n");
+        std::fs::write(&hba, cert_rule + &rules)
+    }
+
+    /// A file of the server's TLS setup: `ca.pem` (the CA that issued the
+    /// server's and the client's certificate), `other-ca.pem` (a CA that
+    /// issued neither), `client.crt` and `client.key` (for [`CERT_USER`]).
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     fn pg_ctl_start(&self) -> io::Result<()> {
