@@ -71,12 +71,13 @@ fn missing_input_is_a_clear_runtime_error() {
 }
 
 #[tokio::test]
-async fn ctrl_c_cancels_without_committing() {
+async fn ctrl_c_cancels_every_load_without_committing() {
     let out = tempfile::tempdir().unwrap();
     // Large enough to still be running when the signal arrives.
     let config = r#"{"name": "slow", "steps": [
-        {"type": "transform", "method": "sql", "config": {"query": "SELECT value AS id, value * 2 AS doubled, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 300000000)"}},
-        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/slow"}}
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT value AS id, value * 2 AS doubled, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 300000000)", "registerAs": "rows"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/slow"}},
+        {"type": "load", "method": "toFiles", "input": "rows", "config": {"path": "${DATAFLOW_OUT}/files"}}
     ]}"#;
     let file = write_config(out.path(), "slow.json", config);
     let child = cli(out.path())
@@ -100,4 +101,5 @@ async fn ctrl_c_cancels_without_committing() {
         None,
         "nothing committed"
     );
+    assert!(!out.path().join("files").exists(), "nothing written");
 }

@@ -370,3 +370,49 @@ async fn incremental_config_errors() {
         );
     }
 }
+
+/// An `infinity` timestamp never becomes the mark (nothing is above it):
+/// later rows keep arriving.
+#[tokio::test]
+async fn an_infinite_timestamp_does_not_stall_incremental_reads() {
+    let db = database(
+        "incremental_infinity",
+        "CREATE TABLE events (id integer, at timestamp);
+         INSERT INTO events VALUES (1, '2026-01-01'), (2, 'infinity'), (3, NULL);",
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"name": "pg-infinity", "steps": [
+        {{"type": "extract", "method": "fromPostgres", "config": {{"url": "${{PG_URL}}", "password": "${{PGPASSWORD}}", "table": "events", "incrementalColumn": "at", "stateDir": "{}"}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/${{BATCH}}", "format": "csv"}}}}
+    ]}}"#,
+        out.path().join("state").display()
+    );
+    let file = write_config(out.path(), "infinity.json", &config);
+    for (batch, insert, expected) in [
+        ("b1", None, "| 1  |"),
+        (
+            "b2",
+            Some("INSERT INTO events VALUES (4, '2026-02-01')"),
+            "| 4  |",
+        ),
+    ] {
+        if let Some(sql) = insert {
+            server().execute(&db, sql).await;
+        }
+        pg_command(out.path(), &db)
+            .env("BATCH", batch)
+            .args(["run", &file])
+            .output()
+            .map(Run::from)
+            .expect("run-pipeline starts")
+            .assert_ok();
+        let path = out.path().join(batch);
+        let ids = file_rows(&path, "csv", "SELECT id FROM t ORDER BY id").await;
+        assert_eq!(
+            ids,
+            table(&["+----+", "| id |", "+----+", expected, "+----+"])
+        );
+    }
+}

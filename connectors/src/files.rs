@@ -12,7 +12,9 @@ use dataflow_engine::schema::parse_column_list;
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::catalog::TableProvider;
-use datafusion::common::config::{CsvOptions, JsonOptions, TableParquetOptions};
+use datafusion::common::config::{
+    ConfigNonZeroUsize, CsvOptions, JsonOptions, TableParquetOptions,
+};
 use datafusion::common::parsers::CompressionTypeVariant;
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -24,6 +26,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{LogicalPlan, Partitioning};
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -439,11 +442,30 @@ impl FileSink {
         parent.join(format!(".{name}.{tag}-{}", uuid::Uuid::new_v4()))
     }
 
+    /// A `coalesce` or `repartition` right before an unpartitioned write
+    /// sets the number of files, as in Spark (`coalesce(1)`: one file):
+    /// DataFusion's writer otherwise picks it (4 when there are enough
+    /// record batches, more past 50 M rows per file).
+    fn with_file_count(&self, input: DataFrame) -> Result<DataFrame> {
+        if !self.config.partition_by.is_empty() {
+            return Ok(input);
+        }
+        let Some(files) = requested_partitions(&input.clone().into_optimized_plan()?) else {
+            return Ok(input);
+        };
+        let (mut state, plan) = input.into_parts();
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.minimum_parallel_output_files = ConfigNonZeroUsize::try_new(files)?;
+        execution.soft_max_rows_per_output_file = ConfigNonZeroUsize::try_new(usize::MAX)?;
+        Ok(DataFrame::new(state, plan))
+    }
+
     async fn write_staged(&self, input: DataFrame, staging: &Path) -> Result<u64> {
         // DataFusion writes no file for no rows: the (empty) directory is
         // then the output, so a reader sees an empty dataset.
         std::fs::create_dir_all(staging).map_err(io(format!("creating {}", staging.display())))?;
         let dir = format!("{}/", staging.display());
+        let input = self.with_file_count(input)?;
         let options =
             DataFrameWriteOptions::new().with_partition_by(self.config.partition_by.clone());
         let counts = match self.config.format {
@@ -514,6 +536,20 @@ impl FileSink {
             "{} already exists (saveMode errorIfExists). Help: set saveMode to overwrite, append or ignore",
             self.target.display()
         ))
+    }
+}
+
+/// The partition count of a repartition at the top of `plan` (below
+/// projections and aliases).
+fn requested_partitions(plan: &LogicalPlan) -> Option<usize> {
+    match plan {
+        LogicalPlan::Repartition(r) => match &r.partitioning_scheme {
+            Partitioning::RoundRobinBatch(n) | Partitioning::Hash(_, n) => Some(*n),
+            Partitioning::DistributeBy(_) => None,
+        },
+        LogicalPlan::Projection(p) => requested_partitions(&p.input),
+        LogicalPlan::SubqueryAlias(a) => requested_partitions(&a.input),
+        _ => None,
     }
 }
 

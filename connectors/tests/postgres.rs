@@ -504,3 +504,166 @@ async fn a_killed_connection_fails_the_read_or_is_retried() {
         2_000_000 * 2_000_001 / 2
     );
 }
+
+#[tokio::test]
+async fn tls_follows_sslmode_and_checks_certificates() {
+    use dataflow_connectors::testing::{CERT_USER, USER};
+    let db = database("tls", "CREATE ROLE dataflow_cert LOGIN SUPERUSER;").await;
+    let file = |name: &str| server().tls_file(name).display().to_string();
+    let url = |user: &str, host: &str, params: String| {
+        format!(
+            "postgresql://{user}@{host}:{}/{db}?{params}",
+            server().port()
+        )
+    };
+    let ca = file("ca.pem");
+    let connects = [
+        (url(USER, "127.0.0.1", "sslmode=disable".into()), "false"),
+        (url(USER, "127.0.0.1", "connect_timeout=5".into()), "true"),
+        (url(USER, "127.0.0.1", "sslmode=require".into()), "true"),
+        (
+            url(
+                USER,
+                "127.0.0.1",
+                format!("sslmode=verify-ca&sslrootcert={ca}"),
+            ),
+            "true",
+        ),
+        (
+            url(
+                USER,
+                "localhost",
+                format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "true",
+        ),
+    ];
+    for (url, expected) in connects {
+        let config = config(
+            &db,
+            json!({"url": url,
+            "query": "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"}),
+        );
+        let pipeline = compile(config)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let rows = rows(&pipeline, "SELECT ssl FROM t").await;
+        assert!(rows.contains(&format!("| {expected} ")), "{url}:\n{rows}");
+    }
+
+    // The server's certificate names localhost, not 127.0.0.1; other-ca
+    // issued nothing the server shows.
+    let other = file("other-ca.pem");
+    let refused = [
+        (
+            url(
+                USER,
+                "127.0.0.1",
+                format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "not valid for name",
+        ),
+        (
+            url(
+                USER,
+                "localhost",
+                format!("sslmode=verify-ca&sslrootcert={other}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            url(
+                USER,
+                "localhost",
+                format!("sslmode=require&sslrootcert={other}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            url(
+                CERT_USER,
+                "localhost",
+                format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "certificate",
+        ),
+    ];
+    for (url, expected) in refused {
+        let err = compile_error(config(
+            &db,
+            json!({"url": url, "table": "pg_catalog.pg_class"}),
+        ))
+        .await;
+        let message = err.to_string();
+        assert!(message.contains(expected), "{url}: {expected}: {message}");
+        assert_eq!(err.exit_code(), 1, "{message}");
+    }
+
+    // A role that may log in with its client certificate only.
+    let (cert, key) = (file("client.crt"), file("client.key"));
+    let with_cert = url(
+        CERT_USER,
+        "localhost",
+        format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"),
+    );
+    let spec = json!({"name": "pg", "steps": [
+        {"type": "extract", "method": "fromPostgres", "config": {"url": with_cert, "registerAs": "t",
+            "query": "SELECT current_user::text AS who, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"}},
+        {"type": "load", "method": "toConsole", "config": {}}]});
+    let spec = PipelineSpec::load(&spec.to_string(), &[], &|_| None).unwrap();
+    let pipeline = Pipeline::compile(&spec, &registry()).await.unwrap();
+    let rows = rows(&pipeline, "SELECT who, ssl FROM t").await;
+    assert!(rows.contains("| dataflow_cert | true |"), "{rows}");
+}
+
+#[tokio::test]
+async fn numerics_with_negative_or_large_scale_widen_exactly() {
+    let db = database(
+        "scales",
+        "CREATE TABLE t (id int, hundreds numeric(5, -2), tiny numeric(2, 5));
+         INSERT INTO t VALUES (1, 9999949, 0.00099), (2, -1250, -0.00001), (3, NULL, NULL);",
+    )
+    .await;
+    let pipeline = compile(config(&db, json!({"table": "t"}))).await.unwrap();
+    let batch = query(&pipeline, "SELECT hundreds, tiny FROM t ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(batch.column(0).data_type(), &DataType::Decimal128(7, 0));
+    assert_eq!(batch.column(1).data_type(), &DataType::Decimal128(5, 5));
+    assert_eq!(
+        rows(
+            &pipeline,
+            "SELECT CAST(hundreds AS VARCHAR) AS h, CAST(tiny AS VARCHAR) AS t FROM t ORDER BY id"
+        )
+        .await,
+        [
+            "+---------+----------+",
+            "| h       | t        |",
+            "+---------+----------+",
+            "| 9999900 | 0.00099  |",
+            "| -1300   | -0.00001 |",
+            "|         |          |",
+            "+---------+----------+",
+        ]
+        .join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_bound_beyond_the_data_still_reads_every_row() {
+    let db = database(
+        "bounds",
+        "CREATE TABLE t AS SELECT i AS id FROM generate_series(1, 10) i;",
+    )
+    .await;
+    for bounds in [json!({"lowerBound": 1000}), json!({"upperBound": -5})] {
+        let mut extra = json!({"table": "t", "partitionColumn": "id", "numPartitions": 4});
+        extra
+            .as_object_mut()
+            .unwrap()
+            .extend(bounds.as_object().unwrap().clone());
+        let pipeline = compile(config(&db, extra)).await.unwrap();
+        let rows = rows(&pipeline, "SELECT count(*) AS n, sum(id) AS s FROM t").await;
+        assert!(rows.contains("| 10 | 55 |"), "{bounds}: {rows}");
+    }
+}

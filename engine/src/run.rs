@@ -98,7 +98,10 @@ impl Pipeline {
         let results = tokio::select! {
             results = &mut all => results,
             () = &mut cancel => {
-                if gates.iter().all(|g| g.abort()) {
+                // The handles share one gate: aborting one aborts the run's
+                // commits, unless they already began.
+                gates.first().map(CommitGate::abort);
+                if !gates.iter().any(CommitGate::is_open) {
                     return Err(Error::Cancelled);
                 }
                 tracing::warn!("interrupted during commit; letting the commits finish");

@@ -109,12 +109,18 @@ impl Partitioning<'_> {
         let Some((low, high)) = self.bounds(connector, from, kind).await? else {
             return Ok(vec![None]);
         };
-        if low > high {
+        if low > high && self.lower.is_some() && self.upper.is_some() {
             return Err(ConnectorError::Rejected(format!(
                 "lowerBound ({}) is above upperBound ({})",
                 kind.sql(low),
                 kind.sql(high)
             )));
+        }
+        if low > high {
+            // Only strides depend on the bounds (the first and last
+            // partitions are open-ended): a given bound beyond the data
+            // leaves one partition that reads everything.
+            return Ok(vec![None]);
         }
         let column = ident(self.column);
         let cuts = cuts(low, high, self.count);
@@ -180,9 +186,18 @@ impl RangeKind {
         after: Option<i64>,
     ) -> Result<Option<i64>> {
         let column = ident(column);
-        let mut select = format!("SELECT CAST(max({column}) AS {}) FROM {from}", self.pg().0);
+        // An `infinity` date or timestamp would be a mark nothing is ever
+        // above: such rows are left out, as NULLs are.
+        let finite = match self {
+            RangeKind::Integer => "TRUE".to_string(),
+            _ => format!("isfinite({column})"),
+        };
+        let mut select = format!(
+            "SELECT CAST(max({column}) AS {}) FROM {from} WHERE {finite}",
+            self.pg().0
+        );
         if let Some(after) = after {
-            select.push_str(&format!(" WHERE {column} > {}", self.sql(after)));
+            select.push_str(&format!(" AND {column} > {}", self.sql(after)));
         }
         Ok(self.values(connector, &select, 1).await?[0])
     }

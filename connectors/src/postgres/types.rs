@@ -5,7 +5,7 @@
 //! | `boolean` | Boolean |
 //! | `smallint` / `integer` / `bigint` | Int16 / Int32 / Int64 |
 //! | `real` / `double precision` | Float32 / Float64 (NaN and ±Infinity kept) |
-//! | `numeric(p,s)`, p ≤ 38 | Decimal128(p, s) |
+//! | `numeric(p,s)`, p ≤ 38 | Decimal128(p, s); s < 0: (p - s, 0); s > p: (s, s) |
 //! | `numeric` (no precision) | Decimal128(38, 10), rounded half away from zero |
 //! | `text`, `varchar`, `char(n)`, `name`, enums, `json`, `jsonb`, `xml` | Utf8 |
 //! | `uuid` | Utf8 (`xxxxxxxx-xxxx-...`, lower case) |
@@ -151,9 +151,18 @@ fn numeric(typmod: i32) -> Option<PgKind> {
         });
     }
     let value = typmod - 4;
-    let precision = u8::try_from((value >> 16) & 0xffff).ok()?;
-    // The scale is an 11-bit two's complement number (negative since PG 15).
-    let scale = (((value & 0x7ff) ^ 0x400) - 0x400) as i8;
+    let declared = (value >> 16) & 0xffff;
+    // The scale is an 11-bit two's complement number; since PG 15 it may be
+    // negative (numeric(5,-2): multiples of 100 below 10^7) or above the
+    // precision (numeric(2,5): below 0.001). Arrow allows neither scale >
+    // precision nor, in Delta Lake, a negative scale: widen to a type that
+    // holds every value exactly.
+    let scale = ((value & 0x7ff) ^ 0x400) - 0x400;
+    let (precision, scale) = match scale {
+        s if s < 0 => (declared - s, 0),
+        s => (declared.max(s), s),
+    };
+    let (precision, scale) = (u8::try_from(precision).ok()?, i8::try_from(scale).ok()?);
     (1..=38).contains(&precision).then_some(PgKind::Numeric {
         precision,
         scale,
@@ -178,9 +187,14 @@ mod tests {
         );
         assert_eq!(
             numeric(typmod(5, -2)).map(|k| k.data_type()),
-            Some(DataType::Decimal128(5, -2))
+            Some(DataType::Decimal128(7, 0))
+        );
+        assert_eq!(
+            numeric(typmod(2, 5)).map(|k| k.data_type()),
+            Some(DataType::Decimal128(5, 5))
         );
         assert_eq!(numeric(typmod(39, 0)), None);
+        assert_eq!(numeric(typmod(37, -2)), None);
         assert_eq!(
             numeric(-1).map(|k| k.data_type()),
             Some(DataType::Decimal128(38, 10))
