@@ -45,14 +45,20 @@ fn produce(topic: &str, partitions: i32, events: std::ops::Range<i64>) {
     broker().produce(topic, &records).unwrap();
 }
 
-/// Kafka (json) → `SELECT` purchases → Delta, as a config file.
+/// Kafka (json) → `SELECT` purchases → Delta, as a config file. Batch runs
+/// append; streaming ones rely on saveMode's streaming default (append).
 fn events_pipeline(dir: &Path, topic: &str, mode: &str, extra: &str) -> String {
+    let save_mode = if mode == "batch" {
+        r#", "saveMode": "append""#
+    } else {
+        ""
+    };
     let config = format!(
         r#"{{"name": "events-{topic}", "mode": "{mode}", {extra} "steps": [
         {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
           "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE", "registerAs": "events"}}}},
         {{"type": "transform", "method": "sql", "config": {{"query": "SELECT id, amount, _partition AS p, _offset AS o FROM events WHERE kind = 'purchase'"}}}},
-        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases", "saveMode": "append"}}}}
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases"{save_mode}}}}}
     ]}}"#,
         broker().bootstrap()
     );

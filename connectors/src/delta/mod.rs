@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use dataflow_engine::connector::{
     BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
-use dataflow_engine::spec::StepInfo;
+use dataflow_engine::spec::{Mode, StepInfo};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
@@ -103,9 +103,9 @@ impl Source for DeltaSource {
 struct ToDeltaConfig {
     /// Table location; created on first write.
     path: String,
-    /// errorIfExists (default), append, overwrite, ignore or merge.
-    #[serde(default)]
-    save_mode: SaveMode,
+    /// errorIfExists (batch default), append (streaming default), overwrite,
+    /// ignore or merge. Streaming pipelines reject errorIfExists and ignore.
+    save_mode: Option<SaveMode>,
     /// saveMode merge: the columns identifying a row.
     #[serde(default)]
     merge_keys: Vec<String>,
@@ -131,12 +131,40 @@ struct ToDeltaConfig {
 #[derive(Debug)]
 struct DeltaSink {
     config: ToDeltaConfig,
+    /// `saveMode` as written, or the mode's default.
+    save_mode: SaveMode,
+}
+
+/// The effective saveMode: batch pipelines default to errorIfExists, streaming
+/// ones to append; in a streaming pipeline every micro-batch after the first,
+/// and every restart, writes to the table the first batch created, so
+/// errorIfExists would fail and ignore would drop batches whose positions are
+/// still recorded as consumed.
+fn effective_save_mode(
+    info: &StepInfo,
+    written: Option<SaveMode>,
+) -> dataflow_engine::Result<SaveMode> {
+    let streaming = info.mode == Mode::Streaming;
+    match (written, streaming) {
+        (Some(SaveMode::ErrorIfExists), true) => Err(info.error(
+            "saveMode",
+            "saveMode errorIfExists cannot work in a streaming pipeline: every micro-batch after the first (and every restart) writes to the table the first batch created. Help: use append (the streaming default), merge or overwrite",
+        )),
+        (Some(SaveMode::Ignore), true) => Err(info.error(
+            "saveMode",
+            "saveMode ignore would silently drop every micro-batch after the first in a streaming pipeline, while the source positions still advance (data loss). Help: use append (the streaming default) or merge",
+        )),
+        (Some(mode), _) => Ok(mode),
+        (None, true) => Ok(SaveMode::Append),
+        (None, false) => Ok(SaveMode::ErrorIfExists),
+    }
 }
 
 /// Builds a `toDeltaLake` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     let config: ToDeltaConfig = info.parse()?;
-    let merging = config.save_mode == SaveMode::Merge;
+    let save_mode = effective_save_mode(info, config.save_mode)?;
+    let merging = save_mode == SaveMode::Merge;
     if merging && config.merge_keys.is_empty() {
         return Err(info.error(
             "mergeKeys",
@@ -152,7 +180,7 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
             return Err(info.error(key, "only applies with saveMode merge"));
         }
     }
-    if config.overwrite_schema && config.save_mode != SaveMode::Overwrite {
+    if config.overwrite_schema && save_mode != SaveMode::Overwrite {
         return Err(info.error("overwriteSchema", "only applies with saveMode overwrite"));
     }
     if config.merge_schema && config.overwrite_schema {
@@ -164,7 +192,7 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     if config.target_file_size == Some(0) {
         return Err(info.error("targetFileSize", "must be positive"));
     }
-    Ok(Arc::new(DeltaSink { config }))
+    Ok(Arc::new(DeltaSink { config, save_mode }))
 }
 
 impl DeltaSink {
@@ -193,7 +221,7 @@ impl DeltaSink {
             "the input has columns the Delta table at \"{}\" does not: {}. Help: set mergeSchema: true to add them{}",
             self.path(),
             extra.join(", "),
-            if self.config.save_mode == SaveMode::Overwrite {
+            if self.save_mode == SaveMode::Overwrite {
                 ", or overwriteSchema: true to replace the schema"
             } else {
                 ""
@@ -239,7 +267,7 @@ impl DeltaSink {
             (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
             (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
         };
-        let input = match (&self.config.delete_condition, self.config.save_mode) {
+        let input = match (&self.config.delete_condition, self.save_mode) {
             (Some(condition), SaveMode::Merge) => {
                 let source = input.alias("source")?;
                 let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;

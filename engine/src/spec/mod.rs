@@ -193,6 +193,9 @@ pub struct StepInfo {
     pub input: Option<String>,
     /// `config.cache`: cache this step's output (`true` = MEMORY).
     pub cache: bool,
+    /// The pipeline's mode: a sink's defaults and valid options may differ
+    /// in streaming pipelines (e.g. `toDeltaLake`'s saveMode).
+    pub mode: Mode,
     /// The remaining method-specific config keys.
     pub config: Map<String, Value>,
 }
@@ -306,6 +309,7 @@ impl PipelineSpec {
                     kind: step.kind,
                     input: step.input.clone(),
                     cache,
+                    mode: self.mode,
                     config,
                 })
             })
