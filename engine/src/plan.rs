@@ -346,6 +346,22 @@ impl Pipeline {
             .collect()
     }
 
+    /// Where this run started reading each key of [`marks`](Self::marks)
+    /// (keys read from the source's beginning are absent).
+    pub fn starts(&self) -> Vec<Mark> {
+        self.sources
+            .iter()
+            .flat_map(|s| {
+                s.marks.iter().filter_map(|(key, _)| {
+                    Some(Mark {
+                        app_id: s.app_id(key),
+                        version: *s.start.get(key)?,
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The session the pipeline runs in.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
@@ -401,7 +417,8 @@ impl Pipeline {
 
 /// Asks every sink where `source` left off: per key, the lowest version any
 /// mark-recording sink holds (so no sink misses data); a key some such sink
-/// lacks is absent (start from the beginning).
+/// lacks is absent (start from the beginning). When the sinks disagree,
+/// `until` bounds the run to the next recorded position (see below).
 pub(crate) async fn resume_point<'a>(
     source: &OpenedSource,
     sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
@@ -419,7 +436,8 @@ pub(crate) async fn resume_point<'a>(
         return Ok(resume);
     }
     let app_ids: Vec<String> = keys.iter().map(|k| source.app_id(k)).collect();
-    let mut lowest: HashMap<String, Option<i64>> = HashMap::new();
+    // Per key, what each mark-recording sink holds (None: nothing).
+    let mut recorded_by: HashMap<String, Vec<Option<i64>>> = HashMap::new();
     for sink in sinks {
         let recorded = sink
             .recorded_marks(&app_ids)
@@ -428,17 +446,50 @@ pub(crate) async fn resume_point<'a>(
         let Some(recorded) = recorded else { continue };
         resume.recorded_by_sinks = true;
         for (key, app_id) in keys.iter().zip(&app_ids) {
-            let version = recorded.get(app_id).copied();
-            lowest
+            recorded_by
                 .entry(key.clone())
-                .and_modify(|v| *v = v.zip(version).map(|(a, b)| a.min(b)))
-                .or_insert(version);
+                .or_default()
+                .push(recorded.get(app_id).copied());
         }
     }
-    resume.marks = lowest
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
+    let lowest = |versions: &[Option<i64>]| -> Option<i64> {
+        versions
+            .iter()
+            .copied()
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
+    };
+    resume.marks = recorded_by
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), lowest(v)?)))
         .collect();
+    // Sinks commit one after another: a run that died between two commits
+    // leaves some sinks a batch ahead. Then this run reads exactly up to the
+    // next position some sink recorded (the batch the sinks ahead hold, which
+    // they skip) and no further, so each sink either holds all of it or none.
+    let diverged = recorded_by
+        .values()
+        .any(|v| v.iter().any(|version| *version != v[0]));
+    if diverged {
+        for (key, versions) in &recorded_by {
+            let low = lowest(versions);
+            let next = versions
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|v| low.is_none_or(|low| *v > low))
+                .min();
+            if let Some(bound) = next.or(low) {
+                resume.until.insert(key.clone(), bound);
+            }
+        }
+        tracing::info!(
+            "{}: its sinks recorded different positions (a run stopped between their commits); this run catches up the sinks behind, reading up to {:?}",
+            source.step,
+            resume.until
+        );
+    }
     Ok(resume)
 }
 

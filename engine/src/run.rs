@@ -61,6 +61,7 @@ impl Pipeline {
         let started = Instant::now();
         let gates = CommitGate::for_participants(self.loads.len());
         let marks = self.marks();
+        let starts = self.starts();
         let loads = self
             .loads
             .iter()
@@ -69,6 +70,7 @@ impl Pipeline {
                 let ctx = WriteContext {
                     gate: gate.clone(),
                     marks: marks.clone(),
+                    starts: starts.clone(),
                 };
                 (load, gate, ctx)
             })

@@ -235,9 +235,79 @@ impl DeltaSink {
             .build()
     }
 
+    /// Whether `table` already holds this run's batch, decided from the
+    /// table's own `txn` versions: a run that stopped between the commits of
+    /// two sinks is replayed from the lowest position any sink recorded, and
+    /// the sinks that committed it already must not write it twice.
+    ///
+    /// Per source key the batch reads from its start up to its mark: the
+    /// table holds it when its recorded version reaches the mark, and lacks
+    /// it when the version is absent or at most the start. Anything else (a
+    /// version inside the range, or some keys held and others not) means the
+    /// table holds part of the batch: an error, rather than duplicates.
+    async fn holds_batch(&self, table: &DeltaTable, ctx: &WriteContext) -> Result<bool> {
+        let starts: HashMap<&str, i64> = ctx
+            .starts
+            .iter()
+            .map(|m| (m.app_id.as_str(), m.version))
+            .collect();
+        let state = table.snapshot()?;
+        let (mut held, mut lacking) = (Vec::new(), Vec::new());
+        for mark in &ctx.marks {
+            let start = starts.get(mark.app_id.as_str()).copied();
+            if start == Some(mark.version) {
+                continue; // nothing read for this key
+            }
+            let recorded = state
+                .transaction_version(table.log_store().as_ref(), &mark.app_id)
+                .await?;
+            let range = match start {
+                Some(start) => format!("{start}..{}", mark.version),
+                None => format!("..{}", mark.version),
+            };
+            match recorded {
+                Some(version) if version >= mark.version => held.push(mark.app_id.as_str()),
+                None => lacking.push(mark.app_id.as_str()),
+                Some(version) if start.is_some_and(|start| version <= start) => {
+                    lacking.push(mark.app_id.as_str())
+                }
+                Some(version) => {
+                    return Err(ConnectorError::Rejected(format!(
+                        "the Delta table at \"{}\" holds part of this batch: it recorded {} up to {version}, the batch reads {range}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches; check for another pipeline or run writing the same app id",
+                        self.path(),
+                        mark.app_id
+                    )))
+                }
+            }
+        }
+        if !held.is_empty() && !lacking.is_empty() {
+            return Err(ConnectorError::Rejected(format!(
+                "the Delta table at \"{}\" holds this batch for {} but not for {}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches",
+                self.path(),
+                held.join(", "),
+                lacking.join(", ")
+            )));
+        }
+        Ok(!held.is_empty())
+    }
+
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
         let existing = open_existing(self.path(), None).await?;
-        let mode = match (self.config.save_mode, &existing) {
+        if let Some(table) = &existing {
+            if !ctx.marks.is_empty() && self.holds_batch(table, &ctx).await? {
+                let version = table.version().unwrap_or_default();
+                tracing::info!(
+                    "Delta table at \"{}\" already holds this batch (recorded at version {version} or earlier); skipping it",
+                    self.path()
+                );
+                ctx.gate.ready().await?;
+                return Ok(SinkReport {
+                    detail: format!("skipped: delta version {version} already holds this batch"),
+                    ..Default::default()
+                });
+            }
+        }
+        let mode = match (self.save_mode, &existing) {
             (SaveMode::ErrorIfExists, Some(_)) => {
                 return Err(ConnectorError::Rejected(format!(
                     "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite, merge or ignore",
