@@ -304,6 +304,42 @@ async fn two_delta_sinks_each_hold_every_event_once_after_one_committed_alone() 
     assert_eq!(ids(out.path(), "b").await, all("360"));
 }
 
+/// Batch runs into files keep their positions in the `checkpointLocation`
+/// offset log: the second run reads only what arrived since the first.
+#[tokio::test]
+async fn batch_runs_into_files_resume_from_the_checkpoint_location() {
+    let topic = topic_with_events("ckpt", 2, 0..100);
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"name": "ckpt-{topic}", "checkpointLocation": "${{DATAFLOW_OUT}}/checkpoint", "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE"}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/events", "saveMode": "append"}}}}
+    ]}}"#,
+        broker().bootstrap()
+    );
+    let file = write_config(out.path(), "ckpt.json", &config);
+    run(out.path(), &["run", &file]).assert_ok();
+    produce(&topic, 2, 100..150);
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = file_rows(
+        &out.path().join("events"),
+        "parquet",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        table(&[
+            "+-----+-----+",
+            "| n   | ids |",
+            "+-----+-----+",
+            "| 150 | 150 |",
+            "+-----+-----+",
+        ])
+    );
+}
+
 /// A cheap deterministic spread of kill times.
 fn fastrand_ms(i: u64) -> u64 {
     (i.wrapping_mul(2654435761) >> 7) % 1000

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use crate::cache::{cached_table, CacheState, StorageLevel};
 use crate::connector::{Mark, Registry, Resume, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
+use crate::state_file::StateFile;
 use crate::stream::StreamState;
 use crate::transform;
 
@@ -61,6 +63,9 @@ pub struct OpenedSource {
     pub marks: Vec<(String, i64)>,
     /// Source key → position this run started from (absent: the start).
     pub start: HashMap<String, i64>,
+    /// A batch run's offset log under `checkpointLocation`, when no sink
+    /// records this source's positions: stored after the loads commit.
+    pub(crate) offset_log: Option<StateFile>,
 }
 
 /// A source's table for one run, and the positions it reads between.
@@ -204,6 +209,7 @@ impl Pipeline {
     ) -> Result<Pipeline> {
         let ctx = new_session(registry)?;
         let infos = spec.step_infos()?;
+        let checkpoint_location = spec.stream_settings()?.checkpoint_location;
         let mut registered: HashMap<String, DataFrame> = HashMap::new();
         let mut previous: Option<(String, DataFrame)> = None;
         let mut steps = Vec::new();
@@ -262,11 +268,19 @@ impl Pipeline {
                         app_id_prefix: format!("dataflow/{}/{label}", spec.name),
                         marks: Vec::new(),
                         start: HashMap::new(),
+                        offset_log: None,
                     };
                     let provider = match stream.as_mut() {
                         Some(stream) => stream.open(&opened, &ctx, sinks.values()).await?,
                         None => {
-                            let resume = resume_point(&opened, sinks.values()).await?;
+                            let mut resume = resume_point(&opened, sinks.values()).await?;
+                            if let (false, Some(dir)) =
+                                (resume.recorded_by_sinks, &checkpoint_location)
+                            {
+                                let log = StateFile::new(Path::new(dir), opened.scope());
+                                resume.marks = log.load()?.into_iter().collect();
+                                opened.offset_log = Some(log);
+                            }
                             opened.open(&ctx, resume).await?
                         }
                     };

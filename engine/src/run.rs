@@ -136,6 +136,9 @@ impl Pipeline {
                 .committed(&source.marks)
                 .await
                 .map_err(|e| Error::from_connector(&source.step, e))?;
+            if let Some(log) = &source.offset_log {
+                log.store(&source.marks)?;
+            }
         }
         let mut summary =
             self.summarize(reports.into_iter().flatten().collect(), started.elapsed());
