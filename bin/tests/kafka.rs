@@ -45,14 +45,20 @@ fn produce(topic: &str, partitions: i32, events: std::ops::Range<i64>) {
     broker().produce(topic, &records).unwrap();
 }
 
-/// Kafka (json) → `SELECT` purchases → Delta, as a config file.
+/// Kafka (json) → `SELECT` purchases → Delta, as a config file. Batch runs
+/// append; streaming ones rely on saveMode's streaming default (append).
 fn events_pipeline(dir: &Path, topic: &str, mode: &str, extra: &str) -> String {
+    let save_mode = if mode == "batch" {
+        r#", "saveMode": "append""#
+    } else {
+        ""
+    };
     let config = format!(
         r#"{{"name": "events-{topic}", "mode": "{mode}", {extra} "steps": [
         {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
           "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE", "registerAs": "events"}}}},
         {{"type": "transform", "method": "sql", "config": {{"query": "SELECT id, amount, _partition AS p, _offset AS o FROM events WHERE kind = 'purchase'"}}}},
-        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases", "saveMode": "append"}}}}
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/purchases"{save_mode}}}}}
     ]}}"#,
         broker().bootstrap()
     );
@@ -215,6 +221,121 @@ async fn exactly_once_into_delta_across_sigkills() {
             "+--------+--------+----+-------+",
             "| 100000 | 100000 | 0  | 99999 |",
             "+--------+--------+----+-------+",
+        ])
+    );
+}
+
+/// One Kafka source into Delta tables a and b (the sinks named in `tables`),
+/// one pipeline name whatever the tables, so both record the same app ids.
+fn two_tables_pipeline(dir: &Path, topic: &str, tables: &[&str], mode: &str) -> String {
+    let loads: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                r#"{{"type": "load", "method": "toDeltaLake", "input": "events", "config": {{"path": "${{DATAFLOW_OUT}}/{t}"{}}}}}"#,
+                if mode == "batch" { r#", "saveMode": "append""# } else { "" }
+            )
+        })
+        .collect();
+    let config = format!(
+        r#"{{"name": "two-{topic}", "mode": "{mode}", {} "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE", "registerAs": "events"}}}},
+        {}
+    ]}}"#,
+        if mode == "streaming" {
+            r#""trigger": "availableNow","#
+        } else {
+            ""
+        },
+        broker().bootstrap(),
+        loads.join(",\n")
+    );
+    write_config(dir, "two.json", &config)
+}
+
+/// (count, distinct ids, min id, max id) of table `name`.
+async fn ids(dir: &Path, name: &str) -> Vec<String> {
+    delta_rows(
+        &dir.join(name),
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, min(id) AS lo, max(id) AS hi FROM t",
+    )
+    .await
+}
+
+/// Two Delta sinks commit one after another: a run that stopped between
+/// their commits leaves table a holding a batch that b lacks. Simulated by a
+/// first run into a alone; the next run (a and b, from b's position) must
+/// catch b up while a skips the batch it holds, though more events arrived
+/// meanwhile; every table then holds every event exactly once.
+#[tokio::test]
+async fn two_delta_sinks_each_hold_every_event_once_after_one_committed_alone() {
+    let topic = topic_with_events("two", 3, 0..300);
+    let out = tempfile::tempdir().unwrap();
+    let only_a = two_tables_pipeline(out.path(), &topic, &["a"], "batch");
+    run(out.path(), &["run", &only_a]).assert_ok();
+    assert_eq!(delta_version(&out.path().join("a")).await, Some(0));
+    produce(&topic, 3, 300..330);
+
+    let both = two_tables_pipeline(out.path(), &topic, &["a", "b"], "streaming");
+    let result = run(out.path(), &["run", &both]);
+    result.assert_ok();
+    let all = |n: &str| {
+        table(&[
+            "+-----+-----+----+-----+",
+            "| n   | ids | lo | hi  |",
+            "+-----+-----+----+-----+",
+            &format!(
+                "| {n} | {n} | 0  | {} |",
+                n.trim().parse::<i64>().unwrap() - 1
+            ),
+            "+-----+-----+----+-----+",
+        ])
+    };
+    assert_eq!(ids(out.path(), "a").await, all("330"), "{}", result.stderr);
+    assert_eq!(ids(out.path(), "b").await, all("330"), "{}", result.stderr);
+    // a skipped the catch-up batch: one commit for the 30 new events.
+    assert_eq!(delta_version(&out.path().join("a")).await, Some(1));
+
+    // From here on both move together.
+    produce(&topic, 3, 330..360);
+    run(out.path(), &["run", &both]).assert_ok();
+    assert_eq!(ids(out.path(), "a").await, all("360"));
+    assert_eq!(ids(out.path(), "b").await, all("360"));
+}
+
+/// Batch runs into files keep their positions in the `checkpointLocation`
+/// offset log: the second run reads only what arrived since the first.
+#[tokio::test]
+async fn batch_runs_into_files_resume_from_the_checkpoint_location() {
+    let topic = topic_with_events("ckpt", 2, 0..100);
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"name": "ckpt-{topic}", "checkpointLocation": "${{DATAFLOW_OUT}}/checkpoint", "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "format": "json", "schema": "id BIGINT, kind VARCHAR, amount DOUBLE"}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/events", "saveMode": "append"}}}}
+    ]}}"#,
+        broker().bootstrap()
+    );
+    let file = write_config(out.path(), "ckpt.json", &config);
+    run(out.path(), &["run", &file]).assert_ok();
+    produce(&topic, 2, 100..150);
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = file_rows(
+        &out.path().join("events"),
+        "parquet",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        table(&[
+            "+-----+-----+",
+            "| n   | ids |",
+            "+-----+-----+",
+            "| 150 | 150 |",
+            "+-----+-----+",
         ])
     );
 }

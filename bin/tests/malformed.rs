@@ -16,6 +16,14 @@ fn pipeline(steps: &[&str]) -> String {
     )
 }
 
+/// A streaming pipeline: a Kafka source (never contacted: config errors
+/// come first) and `load`.
+fn streaming(load: &str) -> String {
+    format!(
+        r#"{{"name": "bad", "mode": "streaming", "steps": [{{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "127.0.0.1:1", "topic": "t", "registerAs": "events"}}}}, {load}]}}"#
+    )
+}
+
 /// (case, config, JSON path the error must name, words the message must hold)
 fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
     let step = |s: &str| pipeline(&[EXTRACT, s, LOAD]);
@@ -225,6 +233,22 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             ]),
             "steps[1].config.saveMode",
             "unknown variant `upsert`",
+        ),
+        (
+            "errorIfExists in a streaming pipeline",
+            streaming(
+                r#"{"type": "load", "method": "toDeltaLake", "config": {"path": "x", "saveMode": "errorIfExists"}}"#,
+            ),
+            "steps[1].config.saveMode",
+            "every micro-batch after the first",
+        ),
+        (
+            "ignore in a streaming pipeline",
+            streaming(
+                r#"{"type": "load", "method": "toDeltaLake", "config": {"path": "x", "saveMode": "ignore"}}"#,
+            ),
+            "steps[1].config.saveMode",
+            "silently drop every micro-batch after the first",
         ),
         (
             "duplicate registerAs",

@@ -111,6 +111,10 @@ pub struct WriteContext {
     pub gate: CommitGate,
     /// Positions to record atomically with the data, when the sink can.
     pub marks: Vec<Mark>,
+    /// Where the run read each mark's key from (same app ids): the batch
+    /// holds the positions from here up to the mark. A sink that records
+    /// marks compares them with its own to skip a batch it already holds.
+    pub starts: Vec<Mark>,
 }
 
 /// What a sink reports after a successful write.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use crate::cache::{cached_table, CacheState, StorageLevel};
 use crate::connector::{Mark, Registry, Resume, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
+use crate::state_file::StateFile;
 use crate::stream::StreamState;
 use crate::transform;
 
@@ -61,6 +63,9 @@ pub struct OpenedSource {
     pub marks: Vec<(String, i64)>,
     /// Source key → position this run started from (absent: the start).
     pub start: HashMap<String, i64>,
+    /// A batch run's offset log under `checkpointLocation`, when no sink
+    /// records this source's positions: stored after the loads commit.
+    pub(crate) offset_log: Option<StateFile>,
 }
 
 /// A source's table for one run, and the positions it reads between.
@@ -204,6 +209,7 @@ impl Pipeline {
     ) -> Result<Pipeline> {
         let ctx = new_session(registry)?;
         let infos = spec.step_infos()?;
+        let checkpoint_location = spec.stream_settings()?.checkpoint_location;
         let mut registered: HashMap<String, DataFrame> = HashMap::new();
         let mut previous: Option<(String, DataFrame)> = None;
         let mut steps = Vec::new();
@@ -262,11 +268,19 @@ impl Pipeline {
                         app_id_prefix: format!("dataflow/{}/{label}", spec.name),
                         marks: Vec::new(),
                         start: HashMap::new(),
+                        offset_log: None,
                     };
                     let provider = match stream.as_mut() {
                         Some(stream) => stream.open(&opened, &ctx, sinks.values()).await?,
                         None => {
-                            let resume = resume_point(&opened, sinks.values()).await?;
+                            let mut resume = resume_point(&opened, sinks.values()).await?;
+                            if let (false, Some(dir)) =
+                                (resume.recorded_by_sinks, &checkpoint_location)
+                            {
+                                let log = StateFile::new(Path::new(dir), opened.scope());
+                                resume.marks = log.load()?.into_iter().collect();
+                                opened.offset_log = Some(log);
+                            }
                             opened.open(&ctx, resume).await?
                         }
                     };
@@ -346,6 +360,22 @@ impl Pipeline {
             .collect()
     }
 
+    /// Where this run started reading each key of [`marks`](Self::marks)
+    /// (keys read from the source's beginning are absent).
+    pub fn starts(&self) -> Vec<Mark> {
+        self.sources
+            .iter()
+            .flat_map(|s| {
+                s.marks.iter().filter_map(|(key, _)| {
+                    Some(Mark {
+                        app_id: s.app_id(key),
+                        version: *s.start.get(key)?,
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The session the pipeline runs in.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
@@ -401,7 +431,8 @@ impl Pipeline {
 
 /// Asks every sink where `source` left off: per key, the lowest version any
 /// mark-recording sink holds (so no sink misses data); a key some such sink
-/// lacks is absent (start from the beginning).
+/// lacks is absent (start from the beginning). When the sinks disagree,
+/// `until` bounds the run to the next recorded position (see below).
 pub(crate) async fn resume_point<'a>(
     source: &OpenedSource,
     sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
@@ -419,7 +450,8 @@ pub(crate) async fn resume_point<'a>(
         return Ok(resume);
     }
     let app_ids: Vec<String> = keys.iter().map(|k| source.app_id(k)).collect();
-    let mut lowest: HashMap<String, Option<i64>> = HashMap::new();
+    // Per key, what each mark-recording sink holds (None: nothing).
+    let mut recorded_by: HashMap<String, Vec<Option<i64>>> = HashMap::new();
     for sink in sinks {
         let recorded = sink
             .recorded_marks(&app_ids)
@@ -428,17 +460,50 @@ pub(crate) async fn resume_point<'a>(
         let Some(recorded) = recorded else { continue };
         resume.recorded_by_sinks = true;
         for (key, app_id) in keys.iter().zip(&app_ids) {
-            let version = recorded.get(app_id).copied();
-            lowest
+            recorded_by
                 .entry(key.clone())
-                .and_modify(|v| *v = v.zip(version).map(|(a, b)| a.min(b)))
-                .or_insert(version);
+                .or_default()
+                .push(recorded.get(app_id).copied());
         }
     }
-    resume.marks = lowest
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
+    let lowest = |versions: &[Option<i64>]| -> Option<i64> {
+        versions
+            .iter()
+            .copied()
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
+    };
+    resume.marks = recorded_by
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), lowest(v)?)))
         .collect();
+    // Sinks commit one after another: a run that died between two commits
+    // leaves some sinks a batch ahead. Then this run reads exactly up to the
+    // next position some sink recorded (the batch the sinks ahead hold, which
+    // they skip) and no further, so each sink either holds all of it or none.
+    let diverged = recorded_by
+        .values()
+        .any(|v| v.iter().any(|version| *version != v[0]));
+    if diverged {
+        for (key, versions) in &recorded_by {
+            let low = lowest(versions);
+            let next = versions
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|v| low.is_none_or(|low| *v > low))
+                .min();
+            if let Some(bound) = next.or(low) {
+                resume.until.insert(key.clone(), bound);
+            }
+        }
+        tracing::info!(
+            "{}: its sinks recorded different positions (a run stopped between their commits); this run catches up the sinks behind, reading up to {:?}",
+            source.step,
+            resume.until
+        );
+    }
     Ok(resume)
 }
 

@@ -61,6 +61,7 @@ impl Pipeline {
         let started = Instant::now();
         let gates = CommitGate::for_participants(self.loads.len());
         let marks = self.marks();
+        let starts = self.starts();
         let loads = self
             .loads
             .iter()
@@ -69,6 +70,7 @@ impl Pipeline {
                 let ctx = WriteContext {
                     gate: gate.clone(),
                     marks: marks.clone(),
+                    starts: starts.clone(),
                 };
                 (load, gate, ctx)
             })
@@ -137,6 +139,9 @@ impl Pipeline {
                 .committed(&source.marks)
                 .await
                 .map_err(|e| Error::from_connector(&source.step, e))?;
+            if let Some(log) = &source.offset_log {
+                log.store(&source.marks)?;
+            }
         }
         let mut summary =
             self.summarize(reports.into_iter().flatten().collect(), started.elapsed());

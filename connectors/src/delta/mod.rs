@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use dataflow_engine::connector::{
     BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
-use dataflow_engine::spec::StepInfo;
+use dataflow_engine::spec::{Mode, StepInfo};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
@@ -103,9 +103,9 @@ impl Source for DeltaSource {
 struct ToDeltaConfig {
     /// Table location; created on first write.
     path: String,
-    /// errorIfExists (default), append, overwrite, ignore or merge.
-    #[serde(default)]
-    save_mode: SaveMode,
+    /// errorIfExists (batch default), append (streaming default), overwrite,
+    /// ignore or merge. Streaming pipelines reject errorIfExists and ignore.
+    save_mode: Option<SaveMode>,
     /// saveMode merge: the columns identifying a row.
     #[serde(default)]
     merge_keys: Vec<String>,
@@ -131,12 +131,40 @@ struct ToDeltaConfig {
 #[derive(Debug)]
 struct DeltaSink {
     config: ToDeltaConfig,
+    /// `saveMode` as written, or the mode's default.
+    save_mode: SaveMode,
+}
+
+/// The effective saveMode: batch pipelines default to errorIfExists, streaming
+/// ones to append; in a streaming pipeline every micro-batch after the first,
+/// and every restart, writes to the table the first batch created, so
+/// errorIfExists would fail and ignore would drop batches whose positions are
+/// still recorded as consumed.
+fn effective_save_mode(
+    info: &StepInfo,
+    written: Option<SaveMode>,
+) -> dataflow_engine::Result<SaveMode> {
+    let streaming = info.mode == Mode::Streaming;
+    match (written, streaming) {
+        (Some(SaveMode::ErrorIfExists), true) => Err(info.error(
+            "saveMode",
+            "saveMode errorIfExists cannot work in a streaming pipeline: every micro-batch after the first (and every restart) writes to the table the first batch created. Help: use append (the streaming default), merge or overwrite",
+        )),
+        (Some(SaveMode::Ignore), true) => Err(info.error(
+            "saveMode",
+            "saveMode ignore would silently drop every micro-batch after the first in a streaming pipeline, while the source positions still advance (data loss). Help: use append (the streaming default) or merge",
+        )),
+        (Some(mode), _) => Ok(mode),
+        (None, true) => Ok(SaveMode::Append),
+        (None, false) => Ok(SaveMode::ErrorIfExists),
+    }
 }
 
 /// Builds a `toDeltaLake` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     let config: ToDeltaConfig = info.parse()?;
-    let merging = config.save_mode == SaveMode::Merge;
+    let save_mode = effective_save_mode(info, config.save_mode)?;
+    let merging = save_mode == SaveMode::Merge;
     if merging && config.merge_keys.is_empty() {
         return Err(info.error(
             "mergeKeys",
@@ -152,7 +180,7 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
             return Err(info.error(key, "only applies with saveMode merge"));
         }
     }
-    if config.overwrite_schema && config.save_mode != SaveMode::Overwrite {
+    if config.overwrite_schema && save_mode != SaveMode::Overwrite {
         return Err(info.error("overwriteSchema", "only applies with saveMode overwrite"));
     }
     if config.merge_schema && config.overwrite_schema {
@@ -164,7 +192,7 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     if config.target_file_size == Some(0) {
         return Err(info.error("targetFileSize", "must be positive"));
     }
-    Ok(Arc::new(DeltaSink { config }))
+    Ok(Arc::new(DeltaSink { config, save_mode }))
 }
 
 impl DeltaSink {
@@ -193,7 +221,7 @@ impl DeltaSink {
             "the input has columns the Delta table at \"{}\" does not: {}. Help: set mergeSchema: true to add them{}",
             self.path(),
             extra.join(", "),
-            if self.config.save_mode == SaveMode::Overwrite {
+            if self.save_mode == SaveMode::Overwrite {
                 ", or overwriteSchema: true to replace the schema"
             } else {
                 ""
@@ -207,9 +235,79 @@ impl DeltaSink {
             .build()
     }
 
+    /// Whether `table` already holds this run's batch, decided from the
+    /// table's own `txn` versions: a run that stopped between the commits of
+    /// two sinks is replayed from the lowest position any sink recorded, and
+    /// the sinks that committed it already must not write it twice.
+    ///
+    /// Per source key the batch reads from its start up to its mark: the
+    /// table holds it when its recorded version reaches the mark, and lacks
+    /// it when the version is absent or at most the start. Anything else (a
+    /// version inside the range, or some keys held and others not) means the
+    /// table holds part of the batch: an error, rather than duplicates.
+    async fn holds_batch(&self, table: &DeltaTable, ctx: &WriteContext) -> Result<bool> {
+        let starts: HashMap<&str, i64> = ctx
+            .starts
+            .iter()
+            .map(|m| (m.app_id.as_str(), m.version))
+            .collect();
+        let state = table.snapshot()?;
+        let (mut held, mut lacking) = (Vec::new(), Vec::new());
+        for mark in &ctx.marks {
+            let start = starts.get(mark.app_id.as_str()).copied();
+            if start == Some(mark.version) {
+                continue; // nothing read for this key
+            }
+            let recorded = state
+                .transaction_version(table.log_store().as_ref(), &mark.app_id)
+                .await?;
+            let range = match start {
+                Some(start) => format!("{start}..{}", mark.version),
+                None => format!("..{}", mark.version),
+            };
+            match recorded {
+                Some(version) if version >= mark.version => held.push(mark.app_id.as_str()),
+                None => lacking.push(mark.app_id.as_str()),
+                Some(version) if start.is_some_and(|start| version <= start) => {
+                    lacking.push(mark.app_id.as_str())
+                }
+                Some(version) => {
+                    return Err(ConnectorError::Rejected(format!(
+                        "the Delta table at \"{}\" holds part of this batch: it recorded {} up to {version}, the batch reads {range}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches; check for another pipeline or run writing the same app id",
+                        self.path(),
+                        mark.app_id
+                    )))
+                }
+            }
+        }
+        if !held.is_empty() && !lacking.is_empty() {
+            return Err(ConnectorError::Rejected(format!(
+                "the Delta table at \"{}\" holds this batch for {} but not for {}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches",
+                self.path(),
+                held.join(", "),
+                lacking.join(", ")
+            )));
+        }
+        Ok(!held.is_empty())
+    }
+
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
         let existing = open_existing(self.path(), None).await?;
-        let mode = match (self.config.save_mode, &existing) {
+        if let Some(table) = &existing {
+            if !ctx.marks.is_empty() && self.holds_batch(table, &ctx).await? {
+                let version = table.version().unwrap_or_default();
+                tracing::info!(
+                    "Delta table at \"{}\" already holds this batch (recorded at version {version} or earlier); skipping it",
+                    self.path()
+                );
+                ctx.gate.ready().await?;
+                return Ok(SinkReport {
+                    detail: format!("skipped: delta version {version} already holds this batch"),
+                    ..Default::default()
+                });
+            }
+        }
+        let mode = match (self.save_mode, &existing) {
             (SaveMode::ErrorIfExists, Some(_)) => {
                 return Err(ConnectorError::Rejected(format!(
                     "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite, merge or ignore",
@@ -239,7 +337,7 @@ impl DeltaSink {
             (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
             (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
         };
-        let input = match (&self.config.delete_condition, self.config.save_mode) {
+        let input = match (&self.config.delete_condition, self.save_mode) {
             (Some(condition), SaveMode::Merge) => {
                 let source = input.alias("source")?;
                 let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;

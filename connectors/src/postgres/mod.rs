@@ -197,8 +197,12 @@ impl PostgresSource {
 
     /// The relation to scan, reading only the rows above `last_mark` (the
     /// previous run's high-water mark) when `incrementalColumn` is set; and
-    /// the high-water mark this run reaches.
-    async fn relation(&self, last_mark: Option<i64>) -> Result<(Relation, Option<i64>)> {
+    /// the high-water mark this run reaches (at most `until`, when given).
+    async fn relation(
+        &self,
+        last_mark: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<(Relation, Option<i64>)> {
         let connector = Arc::new(
             Connector::new(&self.config.url, self.password()?).map_err(ConnectorError::Rejected)?,
         );
@@ -230,6 +234,12 @@ impl PostgresSource {
                         "",
                     )
                 })?;
+            // Sinks left apart by a stop between their commits: catch up to
+            // the one ahead, no further (see the engine's resume_point).
+            let high = match until {
+                Some(until) => high.map(|high| high.min(until)),
+                None => high,
+            };
             let column = sql::ident(column);
             // Bounded above too: rows arriving during the run wait for the
             // next one, whose window starts exactly at this run's mark.
@@ -320,7 +330,12 @@ impl Source for PostgresSource {
             Some(column) => self.last_mark(column, resume)?,
             None => None,
         };
-        let (relation, reached) = self.relation(last_mark).await?;
+        let until = self
+            .config
+            .incremental_column
+            .as_ref()
+            .and_then(|column| resume.until.get(column).copied());
+        let (relation, reached) = self.relation(last_mark, until).await?;
         Ok(Opened {
             provider: Arc::new(PostgresTable::new(relation)),
             marks: self

@@ -57,9 +57,10 @@ pub struct PipelineSpec {
     /// a load step's config, where the Spark app wrote it.
     #[serde(default)]
     pub trigger: Option<Value>,
-    /// Streaming into sinks that cannot record source positions in their
-    /// own commit (files, console): the directory of the offset log. May
-    /// also sit in a load step's config.
+    /// Reading a resumable source (fromKafka) into sinks that cannot record
+    /// source positions in their own commit (files, console), in streaming
+    /// or batch mode: the directory of the offset log, written after the
+    /// loads commit. May also sit in a load step's config.
     #[serde(default, rename = "checkpointLocation")]
     pub checkpoint_location: Option<String>,
 }
@@ -193,6 +194,9 @@ pub struct StepInfo {
     pub input: Option<String>,
     /// `config.cache`: cache this step's output (`true` = MEMORY).
     pub cache: bool,
+    /// The pipeline's mode: a sink's defaults and valid options may differ
+    /// in streaming pipelines (e.g. `toDeltaLake`'s saveMode).
+    pub mode: Mode,
     /// The remaining method-specific config keys.
     pub config: Map<String, Value>,
 }
@@ -306,6 +310,7 @@ impl PipelineSpec {
                     kind: step.kind,
                     input: step.input.clone(),
                     cache,
+                    mode: self.mode,
                     config,
                 })
             })

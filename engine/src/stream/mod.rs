@@ -85,10 +85,13 @@ impl StreamState {
                 start: HashMap::new(),
             });
         }
-        let mut resume = match self.positions.get(&index) {
-            Some(resume) => resume.clone(),
+        let (mut resume, catch_up) = match self.positions.get(&index) {
+            Some(resume) => (resume.clone(), HashMap::new()),
             None => {
                 let mut resume = resume_point(source, sinks).await?;
+                // Sinks left apart by a stop between their commits: the
+                // first batch reads exactly up to where the ones ahead are.
+                let catch_up = std::mem::take(&mut resume.until);
                 if !resume.recorded_by_sinks {
                     if let Some(dir) = &self.checkpoint {
                         resume.marks = StateFile::new(dir, source.scope())
@@ -106,11 +109,19 @@ impl StreamState {
                     self.until.insert(index, latest);
                 }
                 self.positions.insert(index, resume.clone());
-                resume
+                (resume, catch_up)
             }
         };
         resume.micro_batch = self.micro_batch;
         resume.until = self.until.get(&index).cloned().unwrap_or_default();
+        if !catch_up.is_empty() {
+            // No per-trigger limit: the catch-up batch must end exactly there.
+            resume.micro_batch = false;
+            for (key, bound) in catch_up {
+                let until = resume.until.entry(key).or_insert(bound);
+                *until = (*until).min(bound);
+            }
+        }
         source.open(ctx, resume).await
     }
 
