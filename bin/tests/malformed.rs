@@ -273,6 +273,15 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "single ASCII character",
         ),
         (
+            "nullValue not a regex",
+            pipeline(&[
+                r#"{"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "csv", "nullValue": "("}}"#,
+                LOAD,
+            ]),
+            "steps[0].config.nullValue",
+            "not a valid regular expression (unclosed group)",
+        ),
+        (
             "header on parquet",
             pipeline(&[
                 r#"{"type": "extract", "method": "fromFiles", "config": {"path": "x.parquet", "header": true}}"#,
