@@ -386,3 +386,50 @@ fn set_overrides_and_missing_config_file() {
         result.stderr
     );
 }
+
+#[test]
+fn values_from_the_environment_never_appear_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "hunter2XYZ";
+    let cases = [
+        (
+            pipeline(&[
+                EXTRACT,
+                r#"{"type": "transform", "method": "repartition", "config": {"numPartitions": "${SECRETPW}"}}"#,
+                LOAD,
+            ]),
+            "steps[1].config.numPartitions",
+        ),
+        (
+            pipeline(&[
+                r#"{"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "${SECRETPW}"}}"#,
+                LOAD,
+            ]),
+            "steps[0].config.format",
+        ),
+        (
+            r#"{"name": "bad", "retries": "${SECRETPW}", "steps": []}"#.to_string(),
+            "retries",
+        ),
+        (
+            r#"{"name": "bad", "mode": "x${SECRETPW}", "steps": []}"#.to_string(),
+            "mode",
+        ),
+    ];
+    for (i, (config, path)) in cases.iter().enumerate() {
+        let file = write_config(dir.path(), &format!("env{i}.json"), config);
+        let result: Run = cli(dir.path())
+            .env("SECRETPW", secret)
+            .args(["validate", &file])
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(result.code, 2, "{path}: {}", result.stderr);
+        assert!(result.stderr.contains(path), "{path}: {}", result.stderr);
+        assert!(
+            !result.stderr.contains(secret) && result.stderr.contains("${SECRETPW}"),
+            "{path}: {}",
+            result.stderr
+        );
+    }
+}

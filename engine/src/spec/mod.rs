@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result, StepRef};
 use crate::ops::schedule::CronSchedule;
 use crate::stream::Trigger;
-pub use overrides::{apply_set, substitute_env};
+pub use overrides::{apply_set, substitute_env, EnvValues};
 
 /// A whole pipeline as written in its JSON file.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +62,10 @@ pub struct PipelineSpec {
     /// also sit in a load step's config.
     #[serde(default, rename = "checkpointLocation")]
     pub checkpoint_location: Option<String>,
+    /// The strings that came from environment variables: messages about
+    /// them show the `${VAR}` written, never the value.
+    #[serde(skip)]
+    pub env_values: EnvValues,
 }
 
 /// The streaming keys of a pipeline, gathered from the top level and the
@@ -195,6 +199,8 @@ pub struct StepInfo {
     pub cache: bool,
     /// The remaining method-specific config keys.
     pub config: Map<String, Value>,
+    /// The pipeline's values from environment variables, kept out of messages.
+    pub env_values: EnvValues,
 }
 
 impl StepInfo {
@@ -210,7 +216,10 @@ impl StepInfo {
 
     /// A config error about `key` in this step.
     pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
-        Error::config(self.key_path(key), Some(self.step.clone()), message)
+        let path = self.key_path(key);
+        let message: String = message.into();
+        let message = self.env_values.redact(&path, &message);
+        Error::config(path, Some(self.step.clone()), message)
     }
 
     /// Deserializes the method-specific config into `T`, reporting the exact
@@ -224,7 +233,8 @@ impl StepInfo {
             } else {
                 format!("{}.{inner}", self.config_path())
             };
-            Error::config(path, Some(self.step.clone()), err.into_inner().to_string())
+            let message = self.env_values.redact(&path, &err.into_inner().to_string());
+            Error::config(path, Some(self.step.clone()), message)
         })
     }
 }
@@ -243,16 +253,16 @@ impl PipelineSpec {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        substitute_env(&mut value, "", env)?;
-        let spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
+        let env_values = substitute_env(&mut value, "", env)?;
+        let mut spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
-            Error::config(
-                if path == "." { "$".to_string() } else { path },
-                None,
-                err.into_inner().to_string(),
-            )
+            let path = if path == "." { "$".to_string() } else { path };
+            let message = env_values.redact(&path, &err.into_inner().to_string());
+            Error::config(path, None, message)
         })?;
-        spec.check_shape()?;
+        spec.env_values = env_values;
+        spec.check_shape()
+            .map_err(|err| spec.env_values.redact_error(err))?;
         Ok(spec)
     }
 
@@ -307,6 +317,7 @@ impl PipelineSpec {
                     input: step.input.clone(),
                     cache,
                     config,
+                    env_values: self.env_values.clone(),
                 })
             })
             .collect()
