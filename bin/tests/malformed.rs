@@ -39,6 +39,18 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "missing field `name`",
         ),
         (
+            "name with a slash",
+            r#"{"name": "daily/orders", "steps": []}"#.into(),
+            "invalid config at name",
+            "\"daily/orders\" contains '/': a pipeline name is at most 100 printable characters",
+        ),
+        (
+            "name with a control character",
+            r#"{"name": "daily\torders", "steps": []}"#.into(),
+            "invalid config at name",
+            "\"daily\\torders\" contains '\\t'",
+        ),
+        (
             "bad mode",
             r#"{"name": "x", "mode": "daily", "steps": []}"#.into(),
             "mode",

@@ -329,6 +329,7 @@ impl PipelineSpec {
         if self.name.trim().is_empty() {
             return Err(Error::config("name", None, "name must not be empty"));
         }
+        check_pipeline_name(&self.name)?;
         if self.steps.is_empty() {
             return Err(Error::config(
                 "steps",
@@ -490,6 +491,37 @@ impl PipelineSpec {
     }
 }
 
+/// The longest pipeline name: it becomes part of file names (state files)
+/// and Delta transaction ids.
+const MAX_NAME_CHARS: usize = 100;
+
+/// A pipeline name goes into the history table, file names and Delta
+/// transaction ids (`dataflow/<pipeline>/...`): printable characters only,
+/// no path separators, no surrounding spaces.
+fn check_pipeline_name(name: &str) -> Result<()> {
+    let bad = name
+        .chars()
+        .find(|&c| c.is_control() || c == '/' || c == '\\');
+    let problem = if let Some(c) = bad {
+        format!("contains {c:?}")
+    } else if name.trim() != name {
+        "starts or ends with a space".to_string()
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        format!("is longer than {MAX_NAME_CHARS} characters")
+    } else {
+        return Ok(());
+    };
+    Err(Error::config(
+        "name",
+        None,
+        format!(
+            "{name:?} {problem}: a pipeline name is at most {MAX_NAME_CHARS} printable \
+             characters (letters, digits, spaces, punctuation such as - _ .), without \
+             / or \\ or control characters"
+        ),
+    ))
+}
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -544,6 +576,10 @@ mod tests {
             ),
             (r#"{"name": "p", "steps": []}"#, "steps"),
             (r#"{"name": "", "steps": []}"#, "name"),
+            (r#"{"name": "a/b", "steps": []}"#, "name"),
+            (r#"{"name": "a\nb", "steps": []}"#, "name"),
+            (r#"{"name": "a\u001b[31m", "steps": []}"#, "name"),
+            (r#"{"name": " a", "steps": []}"#, "name"),
             (r#"{"name": "p", "mode": "bulk", "steps": []}"#, "mode"),
             (
                 r#"{"name": "p", "overlap": "wait", "steps": []}"#,
