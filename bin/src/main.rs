@@ -5,6 +5,7 @@ mod history;
 mod observe;
 mod progress;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ struct Cli {
     /// More log output (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Only errors.
+    /// Only errors (not even warnings, from any crate).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// Log format on stderr.
@@ -105,18 +106,27 @@ struct ConfigArgs {
     sets: Vec<String>,
 }
 
+/// The crates whose logs are ours; every other target is a dependency.
+const OWN_CRATES: [&str; 3] = ["run_pipeline", "dataflow_engine", "dataflow_connectors"];
+
 fn init_logging(cli: &Cli) {
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, _) => "debug",
+    // Dependencies (DataFusion, delta-rs, its kernel, librdkafka) log their
+    // own view of failures we report anyway in our error line ("commit
+    // failed, aborting") and chatty notices: they are shown from -v on, one
+    // level below ours. -q is errors only, ours only.
+    let (own, dependencies) = match (cli.quiet, cli.verbose) {
+        (true, _) => ("error", "off"),
+        (false, 0) => ("warn", "off"),
+        (false, 1) => ("info", "warn"),
+        (false, _) => ("debug", "info"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},datafusion=warn,deltalake=warn"))
+        let own = OWN_CRATES.map(|krate| format!("{krate}={own}")).join(",");
+        tracing_subscriber::EnvFilter::new(format!("{dependencies},{own}"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.init(),

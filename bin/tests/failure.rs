@@ -103,3 +103,47 @@ async fn ctrl_c_cancels_every_load_without_committing() {
     );
     assert!(!out.path().join("files").exists(), "nothing written");
 }
+
+/// A failing run whose Delta load logs a delta-rs warning (nanosecond
+/// timestamps truncated): the error line is what the user gets; -q shows
+/// nothing else, and no log line carries colour codes off a terminal.
+#[test]
+fn quiet_failure_prints_only_the_error_without_colour() {
+    let out = tempfile::tempdir().unwrap();
+    let config = write_config(
+        out.path(),
+        "warns.json",
+        r#"{"name": "warns", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "csv", "header": true, "registerAs": "o"}},
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT order_id, CAST(order_date AS TIMESTAMP) AS ts FROM o", "registerAs": "t"}},
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders-bad-row.csv", "format": "csv", "header": true,
+            "schema": "order_id BIGINT, customer_id BIGINT, amount DECIMAL(10,2), status VARCHAR, order_date DATE", "registerAs": "b"}},
+        {"type": "load", "method": "toDeltaLake", "input": "t", "config": {"path": "${DATAFLOW_OUT}/t", "saveMode": "append"}},
+        {"type": "load", "method": "toFiles", "input": "b", "config": {"path": "${DATAFLOW_OUT}/f"}}]}"#,
+    );
+    let state = out.path().join("state").display().to_string();
+    for (flag, warns) in [("-q", false), ("-v", true)] {
+        let result = run(out.path(), &["run", flag, &config, "--state-dir", &state]);
+        assert_eq!(result.code, 1, "{}", result.stderr);
+        assert!(!result.stderr.contains('\x1b'), "{}", result.stderr);
+        assert_eq!(
+            result.stderr.contains("WARN deltalake_core"),
+            warns,
+            "{flag}: {}",
+            result.stderr
+        );
+        if flag == "-q" {
+            assert_eq!(result.stderr.lines().count(), 1, "{}", result.stderr);
+            assert!(result
+                .stderr
+                .starts_with("error: steps[4] (toFiles) failed"));
+        }
+    }
+    // The default level does not show the dependency's notice either.
+    let result = run(out.path(), &["run", &config, "--state-dir", &state]);
+    assert!(
+        !result.stderr.contains("deltalake_core"),
+        "{}",
+        result.stderr
+    );
+}

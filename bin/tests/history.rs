@@ -102,19 +102,83 @@ fn permanent_failures_are_not_retried() {
     assert_eq!(planned.code, 2, "{}", planned.stderr);
     assert!(!missing.stderr.contains("retrying") && !planned.stderr.contains("retrying"));
 
+    // The invalid config ran nothing and is not recorded.
     let records = history(&state);
-    assert_eq!(records.len(), 2, "one attempt each: {records:?}");
-    for (record, pipeline, words) in [
-        (&records[0], "orders-copy", "no input files"),
-        (&records[1], "bad-sql", "no_such_column"),
-    ] {
-        assert_eq!(record["pipeline"], pipeline);
-        assert_eq!(record["status"], "failed");
-        assert_eq!(record["attempt"], 1);
-        assert_eq!(record["errorClass"], "permanent");
-        assert!(
-            record["error"].as_str().unwrap().contains(words),
-            "{record}"
-        );
+    assert_eq!(records.len(), 1, "one attempt: {records:?}");
+    let record = &records[0];
+    assert_eq!(record["pipeline"], "orders-copy");
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["attempt"], 1);
+    assert_eq!(record["errorClass"], "permanent");
+    assert!(
+        record["error"].as_str().unwrap().contains("no input files"),
+        "{record}"
+    );
+}
+
+#[test]
+fn invalid_configs_leave_no_history() {
+    let out = tempfile::tempdir().unwrap();
+    let bad = [
+        r#"{"name": "bad-sql", "steps": [
+            {"type": "transform", "method": "sql", "config": {"query": "SELECT no_such_column FROM (SELECT 1 AS one)"}},
+            {"type": "load", "method": "toConsole", "config": {}}]}"#,
+        r#"{"name": "bad-regex", "steps": [
+            {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "csv", "nullValue": "("}},
+            {"type": "load", "method": "toConsole", "config": {}}]}"#,
+        r#"{"name": "bad-key", "steps": [{"type": "load", "method": "toConsole", "config": {"rows": 1}}]}"#,
+    ];
+    for (i, config) in bad.iter().enumerate() {
+        let file = write_config(out.path(), &format!("bad{i}.json"), config);
+        let result = common::cli(out.path())
+            .env_remove("DATAFLOW_STATE_DIR")
+            .args(["run", &file])
+            .output()
+            .unwrap();
+        assert_eq!(result.status.code(), Some(2), "{config}");
     }
+    assert!(
+        !out.path().join(".dataflow").exists(),
+        "an invalid config records nothing"
+    );
+}
+
+#[test]
+fn history_is_ordered_by_start_time() {
+    // Records are appended when attempts end: a long run started first is
+    // written after a short one started later. `history` shows start order.
+    let out = tempfile::tempdir().unwrap();
+    let state = out.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let record = |run: &str, start: &str, end: &str| {
+        format!(
+            r#"{{"pipeline": "p", "runId": "{run}", "attempt": 1, "trigger": "manual", "start": "{start}", "end": "{end}", "status": "succeeded"}}"#
+        )
+    };
+    let lines = [
+        record("short000", "2026-11-22T06:00:10Z", "2026-11-22T06:00:11Z"),
+        record("long0000", "2026-11-22T06:00:00Z", "2026-11-22T06:05:00Z"),
+    ];
+    std::fs::write(state.join("history.jsonl"), lines.join("\n") + "\n").unwrap();
+    let state_arg = state.display().to_string();
+    let json = run(
+        out.path(),
+        &["history", "--json", "--state-dir", &state_arg],
+    );
+    let runs: Vec<String> = json
+        .assert_ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["runId"].to_string())
+        .collect();
+    assert_eq!(runs, ["\"long0000\"", "\"short000\""], "{}", json.stdout);
+    let last = run(
+        out.path(),
+        &["history", "--last", "1", "--state-dir", &state_arg],
+    );
+    assert!(
+        last.assert_ok().stdout.contains("short000"),
+        "{}",
+        last.stdout
+    );
 }

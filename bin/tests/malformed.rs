@@ -47,6 +47,18 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "missing field `name`",
         ),
         (
+            "name with a slash",
+            r#"{"name": "daily/orders", "steps": []}"#.into(),
+            "invalid config at name",
+            "\"daily/orders\" contains '/': a pipeline name is at most 100 printable characters",
+        ),
+        (
+            "name with a control character",
+            r#"{"name": "daily\torders", "steps": []}"#.into(),
+            "invalid config at name",
+            "\"daily\\torders\" contains '\\t'",
+        ),
+        (
             "bad mode",
             r#"{"name": "x", "mode": "daily", "steps": []}"#.into(),
             "mode",
@@ -297,6 +309,15 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "single ASCII character",
         ),
         (
+            "nullValue not a regex",
+            pipeline(&[
+                r#"{"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "csv", "nullValue": "("}}"#,
+                LOAD,
+            ]),
+            "steps[0].config.nullValue",
+            "not a valid regular expression (unclosed group)",
+        ),
+        (
             "header on parquet",
             pipeline(&[
                 r#"{"type": "extract", "method": "fromFiles", "config": {"path": "x.parquet", "header": true}}"#,
@@ -400,4 +421,51 @@ fn set_overrides_and_missing_config_file() {
         "{}",
         result.stderr
     );
+}
+
+#[test]
+fn values_from_the_environment_never_appear_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "hunter2XYZ";
+    let cases = [
+        (
+            pipeline(&[
+                EXTRACT,
+                r#"{"type": "transform", "method": "repartition", "config": {"numPartitions": "${SECRETPW}"}}"#,
+                LOAD,
+            ]),
+            "steps[1].config.numPartitions",
+        ),
+        (
+            pipeline(&[
+                r#"{"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders", "format": "${SECRETPW}"}}"#,
+                LOAD,
+            ]),
+            "steps[0].config.format",
+        ),
+        (
+            r#"{"name": "bad", "retries": "${SECRETPW}", "steps": []}"#.to_string(),
+            "retries",
+        ),
+        (
+            r#"{"name": "bad", "mode": "x${SECRETPW}", "steps": []}"#.to_string(),
+            "mode",
+        ),
+    ];
+    for (i, (config, path)) in cases.iter().enumerate() {
+        let file = write_config(dir.path(), &format!("env{i}.json"), config);
+        let result: Run = cli(dir.path())
+            .env("SECRETPW", secret)
+            .args(["validate", &file])
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(result.code, 2, "{path}: {}", result.stderr);
+        assert!(result.stderr.contains(path), "{path}: {}", result.stderr);
+        assert!(
+            !result.stderr.contains(secret) && result.stderr.contains("${SECRETPW}"),
+            "{path}: {}",
+            result.stderr
+        );
+    }
 }

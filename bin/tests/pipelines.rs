@@ -212,6 +212,32 @@ fn explain_shows_logical_and_physical_plans() {
 }
 
 #[test]
+fn to_console_num_rows_up_to_the_largest_count() {
+    let out = tempfile::tempdir().unwrap();
+    let config = |rows: &str| {
+        format!(
+            r#"{{"name": "show", "steps": [
+            {{"type": "extract", "method": "fromFiles", "config": {{"path": "testdata/orders/*.csv", "header": true}}}},
+            {{"type": "load", "method": "toConsole", "config": {{"numRows": {rows}}}}}]}}"#
+        )
+    };
+    let state = out.path().join("state").display().to_string();
+    let mut shown = Vec::new();
+    for rows in ["2", &usize::MAX.to_string()] {
+        let file = write_config(out.path(), "show.json", &config(rows));
+        let result = run(out.path(), &["run", &file, "--state-dir", &state]);
+        result.assert_ok();
+        let data_lines = result
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("order_id"))
+            .count();
+        shown.push((data_lines, result.stdout.contains("only showing")));
+    }
+    assert_eq!(shown, [(2, true), (10, false)]);
+}
+
+#[test]
 fn validate_accepts_every_example() {
     let out = tempfile::tempdir().unwrap();
     for name in ["orders-daily", "orders-cleanup", "customer-report"] {

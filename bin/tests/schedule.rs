@@ -171,6 +171,11 @@ fn bad_or_missing_schedules_are_config_errors() {
             "timezone",
         ),
         ("none", "", "has no schedule"),
+        (
+            "never",
+            r#""schedule": "0 0 30 2 *","#,
+            "invalid config at schedule: \"0 0 30 2 *\" never fires",
+        ),
     ] {
         let text = format!(r#"{{"name": "{name}", {keys} {steps}}}"#);
         let config = write_config(out.path(), &format!("{name}.json"), &text);

@@ -38,8 +38,9 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
 impl Sink for ConsoleSink {
     async fn write(&self, input: DataFrame, _ctx: WriteContext) -> Result<SinkReport, BoxError> {
         let n = self.config.num_rows;
-        // One row more than shown tells whether the output was cut.
-        let batches = input.limit(0, Some(n + 1))?.collect().await?;
+        // One row more than shown tells whether the output was cut (no limit
+        // at all when `numRows` is the largest count: `n + 1` would wrap).
+        let batches = input.limit(0, n.checked_add(1))?.collect().await?;
         let total: usize = batches.iter().map(|b| b.num_rows()).sum();
         let shown: Vec<_> = {
             let mut left = n;

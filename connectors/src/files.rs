@@ -168,6 +168,22 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
             return Err(info.error(key, "applies to csv files only"));
         }
     }
+    if let Some(pattern) = &config.null_value {
+        // DataFusion compiles it with `expect` when the files are read.
+        if let Err(err) = regex::Regex::new(pattern) {
+            // The message draws a caret under the pattern; its last line says
+            // what is wrong.
+            let text = err.to_string();
+            let why = text.lines().last().unwrap_or_default();
+            return Err(info.error(
+                "nullValue",
+                format!(
+                    "\"{pattern}\" is not a valid regular expression ({})",
+                    why.trim_start_matches("error: ")
+                ),
+            ));
+        }
+    }
     if format == Format::Parquet && config.compression != TextCompression::None {
         return Err(info.error(
             "compression",

@@ -205,6 +205,18 @@ impl Pipeline {
     pub(crate) async fn compile_with(
         spec: &PipelineSpec,
         registry: &Registry,
+        stream: Option<&mut StreamState>,
+    ) -> Result<Pipeline> {
+        // A config error about a value from the environment shows the
+        // `${VAR}` written, not the value.
+        Self::compile_inner(spec, registry, stream)
+            .await
+            .map_err(|err| spec.env_values.redact_error(err))
+    }
+
+    async fn compile_inner(
+        spec: &PipelineSpec,
+        registry: &Registry,
         mut stream: Option<&mut StreamState>,
     ) -> Result<Pipeline> {
         let ctx = new_session(registry)?;

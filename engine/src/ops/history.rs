@@ -366,6 +366,11 @@ impl History {
             })
             .filter(|r| pipeline.is_none_or(|p| r.pipeline == p))
             .collect();
+        // Records are appended when an attempt ends, so a long run started
+        // first lands after a short one started later: order by start (a
+        // stable sort keeps the append order of equal starts, e.g. the
+        // records of one streaming run).
+        records.sort_by_key(|r| r.start);
         if let Some(last) = last {
             records.drain(..records.len().saturating_sub(last));
         }

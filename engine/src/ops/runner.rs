@@ -134,7 +134,19 @@ impl Runner {
     }
 
     /// Completes `record` with the outcome of its attempt and stores it.
+    ///
+    /// A manual run whose config does not validate (exit 2: bad key, bad
+    /// SQL) ran nothing and is not recorded: its error is on the console,
+    /// and the history stays a record of runs. A scheduled slot that fails
+    /// to plan (a source's schema changed under its SQL) is recorded: no
+    /// one may be watching the scheduler's console.
     fn record(&self, mut record: RunRecord, result: &Result<RunSummary>) {
+        if let Err(err) = result {
+            if record.trigger == Trigger::Manual && err.exit_code() == 2 {
+                tracing::info!(pipeline = %record.pipeline, "invalid config, not recorded: {err}");
+                return;
+            }
+        }
         record.end = Utc::now();
         match result {
             Ok(summary) => {

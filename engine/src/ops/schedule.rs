@@ -61,7 +61,34 @@ impl CronSchedule {
                 )
             })?,
         };
-        Ok(CronSchedule { cron, timezone })
+        let schedule = CronSchedule { cron, timezone };
+        // croner accepts days no month has (`0 0 30 2 *`): such a schedule
+        // would wait forever. Any real one fires within a few years.
+        if schedule.next_after(Utc::now()).is_none() {
+            return Err(Error::config(
+                "schedule",
+                None,
+                format!(
+                    "\"{expr}\" never fires: no date matches its day-of-month, month and \
+                     day-of-week fields (e.g. February 30th)"
+                ),
+            ));
+        }
+        Ok(schedule)
+    }
+
+    /// `slot` as a time in the schedule's zone, for messages.
+    pub fn local(&self, slot: DateTime<Utc>) -> String {
+        let local = slot.with_timezone(&self.timezone);
+        if self.timezone == Tz::UTC {
+            local.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        } else {
+            format!(
+                "{} ({} UTC)",
+                local.format("%Y-%m-%d %H:%M:%S %Z"),
+                slot.format("%Y-%m-%d %H:%M:%S")
+            )
+        }
     }
 
     /// The first slot strictly after `after`, `None` if there is none.
@@ -141,6 +168,7 @@ async fn run_job(job: Job, shutdown: Shutdown) {
     }
     let mut after = now;
     while let Some(slot) = schedule.next_after(after) {
+        tracing::info!(pipeline = %spec.name, "next run at {}", schedule.local(slot));
         let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -191,6 +219,8 @@ mod tests {
             ("* * *", None, "schedule"),
             ("* * * * * * * *", None, "schedule"),
             ("60 * * * *", None, "schedule"),
+            ("0 0 30 2 *", None, "schedule"),
+            ("0 0 31 4,6,9,11 *", None, "schedule"),
             ("* * * * *", Some("Nowhere/Town"), "timezone"),
         ] {
             match CronSchedule::parse(expr, tz) {

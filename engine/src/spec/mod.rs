@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result, StepRef};
 use crate::ops::schedule::CronSchedule;
 use crate::stream::Trigger;
-pub use overrides::{apply_set, substitute_env};
+pub use overrides::{apply_set, substitute_env, EnvValues};
 
 /// A whole pipeline as written in its JSON file.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +63,10 @@ pub struct PipelineSpec {
     /// loads commit. May also sit in a load step's config.
     #[serde(default, rename = "checkpointLocation")]
     pub checkpoint_location: Option<String>,
+    /// The strings that came from environment variables: messages about
+    /// them show the `${VAR}` written, never the value.
+    #[serde(skip)]
+    pub env_values: EnvValues,
 }
 
 /// The streaming keys of a pipeline, gathered from the top level and the
@@ -199,6 +203,8 @@ pub struct StepInfo {
     pub mode: Mode,
     /// The remaining method-specific config keys.
     pub config: Map<String, Value>,
+    /// The pipeline's values from environment variables, kept out of messages.
+    pub env_values: EnvValues,
 }
 
 impl StepInfo {
@@ -214,7 +220,10 @@ impl StepInfo {
 
     /// A config error about `key` in this step.
     pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
-        Error::config(self.key_path(key), Some(self.step.clone()), message)
+        let path = self.key_path(key);
+        let message: String = message.into();
+        let message = self.env_values.redact(&path, &message);
+        Error::config(path, Some(self.step.clone()), message)
     }
 
     /// Deserializes the method-specific config into `T`, reporting the exact
@@ -228,7 +237,8 @@ impl StepInfo {
             } else {
                 format!("{}.{inner}", self.config_path())
             };
-            Error::config(path, Some(self.step.clone()), err.into_inner().to_string())
+            let message = self.env_values.redact(&path, &err.into_inner().to_string());
+            Error::config(path, Some(self.step.clone()), message)
         })
     }
 }
@@ -247,16 +257,16 @@ impl PipelineSpec {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        substitute_env(&mut value, "", env)?;
-        let spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
+        let env_values = substitute_env(&mut value, "", env)?;
+        let mut spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
-            Error::config(
-                if path == "." { "$".to_string() } else { path },
-                None,
-                err.into_inner().to_string(),
-            )
+            let path = if path == "." { "$".to_string() } else { path };
+            let message = env_values.redact(&path, &err.into_inner().to_string());
+            Error::config(path, None, message)
         })?;
-        spec.check_shape()?;
+        spec.env_values = env_values;
+        spec.check_shape()
+            .map_err(|err| spec.env_values.redact_error(err))?;
         Ok(spec)
     }
 
@@ -312,6 +322,7 @@ impl PipelineSpec {
                     cache,
                     mode: self.mode,
                     config,
+                    env_values: self.env_values.clone(),
                 })
             })
             .collect()
@@ -323,6 +334,7 @@ impl PipelineSpec {
         if self.name.trim().is_empty() {
             return Err(Error::config("name", None, "name must not be empty"));
         }
+        check_pipeline_name(&self.name)?;
         if self.steps.is_empty() {
             return Err(Error::config(
                 "steps",
@@ -484,6 +496,37 @@ impl PipelineSpec {
     }
 }
 
+/// The longest pipeline name: it becomes part of file names (state files)
+/// and Delta transaction ids.
+const MAX_NAME_CHARS: usize = 100;
+
+/// A pipeline name goes into the history table, file names and Delta
+/// transaction ids (`dataflow/<pipeline>/...`): printable characters only,
+/// no path separators, no surrounding spaces.
+fn check_pipeline_name(name: &str) -> Result<()> {
+    let bad = name
+        .chars()
+        .find(|&c| c.is_control() || c == '/' || c == '\\');
+    let problem = if let Some(c) = bad {
+        format!("contains {c:?}")
+    } else if name.trim() != name {
+        "starts or ends with a space".to_string()
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        format!("is longer than {MAX_NAME_CHARS} characters")
+    } else {
+        return Ok(());
+    };
+    Err(Error::config(
+        "name",
+        None,
+        format!(
+            "{name:?} {problem}: a pipeline name is at most {MAX_NAME_CHARS} printable \
+             characters (letters, digits, spaces, punctuation such as - _ .), without \
+             / or \\ or control characters"
+        ),
+    ))
+}
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -538,6 +581,10 @@ mod tests {
             ),
             (r#"{"name": "p", "steps": []}"#, "steps"),
             (r#"{"name": "", "steps": []}"#, "name"),
+            (r#"{"name": "a/b", "steps": []}"#, "name"),
+            (r#"{"name": "a\nb", "steps": []}"#, "name"),
+            (r#"{"name": "a\u001b[31m", "steps": []}"#, "name"),
+            (r#"{"name": " a", "steps": []}"#, "name"),
             (r#"{"name": "p", "mode": "bulk", "steps": []}"#, "mode"),
             (
                 r#"{"name": "p", "overlap": "wait", "steps": []}"#,

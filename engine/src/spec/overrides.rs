@@ -1,6 +1,9 @@
 //! Changes applied to the raw JSON before it is typed: `--set path=value`
 //! overrides and `${VAR}` environment references.
 
+use std::fmt;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -83,19 +86,128 @@ pub fn apply_set(root: &mut Value, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+/// One string of the config that `${VAR}` references were expanded in.
+#[derive(Clone)]
+struct Expanded {
+    /// JSON path of the string, e.g. `steps[0].config.password`.
+    path: String,
+    /// The string as written, e.g. `${PGPASSWORD}`.
+    written: String,
+    /// The string after expansion.
+    value: String,
+    /// Each variable taken from the environment: `(name, value)`.
+    vars: Vec<(String, String)>,
+}
+
+/// The config strings whose value came from environment variables, so that
+/// a message about one of them shows what was written (`${PGPASSWORD}`),
+/// never what the environment held.
+#[derive(Clone, Default)]
+pub struct EnvValues(Arc<Vec<Expanded>>);
+
+impl fmt::Debug for EnvValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|e| &e.path))
+            .finish()
+    }
+}
+
+/// Values shorter than this are replaced only where a message quotes them
+/// (`"1"`, `` `1` ``): replacing every `1` would garble the message, and so
+/// short a value is no secret.
+const MIN_BARE_LEN: usize = 4;
+
+impl EnvValues {
+    /// `message` about the value at `path` (or inside it), with every value
+    /// expanded there from the environment replaced by what was written.
+    pub fn redact(&self, path: &str, message: &str) -> String {
+        let mut text = message.to_string();
+        let concerned = self.0.iter().filter(|e| {
+            e.path == path
+                || e.path
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        });
+        for e in concerned {
+            if e.value.is_empty() {
+                continue;
+            }
+            for (from, to) in [
+                (format!("{:?}", e.value), format!("{:?}", e.written)),
+                (format!("\"{}\"", e.value), format!("\"{}\"", e.written)),
+                (format!("`{}`", e.value), format!("`{}`", e.written)),
+            ] {
+                text = text.replace(&from, &to);
+            }
+            if e.value.chars().count() >= MIN_BARE_LEN {
+                text = text.replace(&e.value, &e.written);
+            }
+            for (name, value) in &e.vars {
+                if value.chars().count() >= MIN_BARE_LEN {
+                    text = text.replace(value, &format!("${{{name}}}"));
+                }
+            }
+        }
+        text
+    }
+
+    /// [`EnvValues::redact`] applied to the message of a config error.
+    pub fn redact_error(&self, err: Error) -> Error {
+        match err {
+            Error::Config {
+                path,
+                step,
+                message,
+            } => {
+                let message = self.redact(&path, &message);
+                Error::Config {
+                    path,
+                    step,
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Replaces `${VAR}` (and `${VAR:-default}`) in every string of `value` with
 /// the variable's value; `$${` stands for a literal `${`. An unset variable
 /// without default is a config error naming the JSON path, never the value.
+/// Returns where values came from the environment (for [`EnvValues::redact`]).
 pub fn substitute_env(
     value: &mut Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<EnvValues> {
+    let mut found = Vec::new();
+    substitute(value, path, env, &mut found)?;
+    Ok(EnvValues(Arc::new(found)))
+}
+
+fn substitute(
+    value: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    found: &mut Vec<Expanded>,
 ) -> Result<()> {
     match value {
-        Value::String(s) if s.contains("${") => *s = expand(s, path, env)?,
+        Value::String(s) if s.contains("${") => {
+            let (expanded, vars) = expand(s, path, env)?;
+            if !vars.is_empty() {
+                found.push(Expanded {
+                    path: path.to_string(),
+                    written: s.clone(),
+                    value: expanded.clone(),
+                    vars,
+                });
+            }
+            *s = expanded;
+        }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                substitute_env(item, &format!("{path}[{i}]"), env)?;
+                substitute(item, &format!("{path}[{i}]"), env, found)?;
             }
         }
         Value::Object(map) => {
@@ -105,7 +217,7 @@ pub fn substitute_env(
                 } else {
                     format!("{path}.{key}")
                 };
-                substitute_env(item, &child, env)?;
+                substitute(item, &child, env, found)?;
             }
         }
         _ => {}
@@ -113,8 +225,12 @@ pub fn substitute_env(
     Ok(())
 }
 
-fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+/// The expanded text and the variables taken from the environment.
+type Expansion = (String, Vec<(String, String)>);
+
+fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expansion> {
     let mut out = String::with_capacity(text.len());
+    let mut vars = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
@@ -131,7 +247,10 @@ fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 None => (&tail[..end], None),
             };
             match (env(name), default) {
-                (Some(v), _) => out.push_str(&v),
+                (Some(v), _) => {
+                    out.push_str(&v);
+                    vars.push((name.to_string(), v));
+                }
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
                     return Err(Error::config(
@@ -148,7 +267,7 @@ fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, vars))
 }
 
 #[cfg(test)]
@@ -170,6 +289,36 @@ mod tests {
         assert!(
             err.contains("steps[0].config.password") && err.contains("SECRET_PW"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn messages_show_what_was_written_not_the_environment() {
+        let env = |name: &str| (name == "PW").then(|| "hunter2XYZ".to_string());
+        let mut v =
+            json!({"steps": [{"config": {"n": "${PW}", "url": "u:${PW}@h", "x": "${NO:-d}"}}]});
+        let found = substitute_env(&mut v, "", &env).unwrap();
+        let n = "steps[0].config.n";
+        assert_eq!(
+            found.redact(n, "invalid type: string \"hunter2XYZ\", expected usize"),
+            "invalid type: string \"${PW}\", expected usize"
+        );
+        assert_eq!(
+            found.redact("steps[0].config.url", "bad url u:hunter2XYZ@h"),
+            "bad url u:${PW}@h"
+        );
+        assert_eq!(
+            found.redact("steps[0].config", "unknown variant `hunter2XYZ`"),
+            "unknown variant `${PW}`"
+        );
+        // Other paths and values not from the environment are left alone.
+        assert_eq!(
+            found.redact("steps[0].config.x", "d hunter2XYZ"),
+            "d hunter2XYZ"
+        );
+        assert_eq!(
+            format!("{found:?}"),
+            r#"["steps[0].config.n", "steps[0].config.url"]"#
         );
     }
 
