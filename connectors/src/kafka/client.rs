@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -27,24 +28,80 @@ impl ClientSettings {
     /// Parses a Kafka step's config: the `kafka.*` keys become the
     /// passthrough settings, the others the typed config `C`, whose
     /// `servers` (`bootstrapServers`) must not be empty.
+    /// `reserved`: librdkafka settings the step sets itself, with what to
+    /// use instead; a `kafka.*` key naming one is a config error.
+    /// librdkafka checks every passthrough name and value here, so a typo
+    /// is a config error naming its key (never its value).
     pub(crate) fn parse_step<C: serde::de::DeserializeOwned>(
         info: &StepInfo,
         servers: fn(&C) -> &str,
+        reserved: &[(&str, &str)],
     ) -> dataflow_engine::Result<(C, ClientSettings)> {
         let mut info = info.clone();
         let passthrough = Self::take_passthrough(&mut info)?;
+        for (name, instead) in reserved {
+            if passthrough.contains_key(*name) {
+                return Err(info.error(
+                    &format!("kafka.{name}"),
+                    format!(
+                        "is set by fromKafka/toKafka itself and cannot be overridden; {instead}"
+                    ),
+                ));
+            }
+        }
         let config: C = info.parse()?;
         let bootstrap_servers = servers(&config).to_string();
         if bootstrap_servers.trim().is_empty() {
             return Err(info.error("bootstrapServers", "must not be empty"));
         }
-        Ok((
-            config,
-            ClientSettings {
-                bootstrap_servers,
-                passthrough,
-            },
-        ))
+        let settings = ClientSettings {
+            bootstrap_servers,
+            passthrough,
+        };
+        if let Err(e) = settings.config().create_native_config() {
+            let key = match &e {
+                KafkaError::ClientConfig(_, _, key, _) => format!("kafka.{key}"),
+                _ => "kafka".to_string(),
+            };
+            return Err(info.error(&key, settings.describe(&e)));
+        }
+        Ok((config, settings))
+    }
+
+    /// `e` as text without any `kafka.*` value: librdkafka's config errors
+    /// echo the value (a password, say), so the value field is dropped and
+    /// every passthrough value left in the text is replaced by `***`.
+    pub(crate) fn describe(&self, e: &KafkaError) -> String {
+        let mut text = match e {
+            KafkaError::ClientConfig(_, description, key, _) => {
+                format!("invalid librdkafka setting {key}: {description}")
+            }
+            other => other.to_string(),
+        };
+        let mut values: Vec<&str> = self
+            .passthrough
+            .values()
+            .map(Secret::expose)
+            .filter(|v| !v.is_empty())
+            .collect();
+        // Longest first, so a value containing another goes whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for value in values {
+            text = text.replace(value, "***");
+        }
+        text
+    }
+
+    /// Creates a client from `config` (made by these settings); a failure
+    /// names the brokers and `doing`, with every `kafka.*` value redacted.
+    pub(crate) fn create<T: FromClientConfigAndContext<Context>>(
+        &self,
+        config: &ClientConfig,
+        doing: &str,
+    ) -> Result<T> {
+        config
+            .create_with_context(Context)
+            .map_err(|e| kafka_error(doing, &self.bootstrap_servers, self.describe(&e)))
     }
 
     /// Takes the `kafka.*` keys out of `info`'s config (so the typed config
@@ -73,8 +130,8 @@ impl ClientSettings {
     /// A librdkafka config with these settings.
     pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap_servers);
         self.apply_passthrough(&mut config);
+        config.set("bootstrap.servers", &self.bootstrap_servers);
         config
     }
 
@@ -82,19 +139,20 @@ impl ClientSettings {
     /// `quick`: it hardly waits at the end of a partition for more data
     /// (10 ms instead of librdkafka's 500 ms fetch wait, which some brokers
     /// — tansu — wait out on every fetch). It buffers at most 16 MiB per
-    /// partition ahead. `kafka.*` keys override both.
+    /// partition ahead. `kafka.*` keys override both, but not what reading
+    /// depends on ([`READER_RESERVED`], rejected at validation and set last).
     pub(crate) fn range_reader_config(&self, group_id: &str, quick: bool) -> ClientConfig {
         let mut config = ClientConfig::new();
         if quick {
             config.set("fetch.wait.max.ms", "10");
         }
+        config.set("queued.max.messages.kbytes", "16384");
+        self.apply_passthrough(&mut config);
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
-            .set("queued.max.messages.kbytes", "16384")
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        self.apply_passthrough(&mut config);
         config
     }
 
@@ -104,6 +162,36 @@ impl ClientSettings {
         }
     }
 }
+
+/// librdkafka settings `fromKafka` sets itself, with what to use instead.
+pub(crate) const READER_RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use bootstrapServers"),
+    (
+        "group.id",
+        "use groupId (positions are committed to it; reading never joins a group)",
+    ),
+    (
+        "enable.auto.commit",
+        "positions are committed only with the data",
+    ),
+    (
+        "enable.partition.eof",
+        "reading a range depends on end-of-partition notices",
+    ),
+    (
+        "auto.offset.reset",
+        "use startingOffsets and failOnDataLoss",
+    ),
+];
+
+/// librdkafka settings `toKafka` sets itself, with what to use instead.
+pub(crate) const WRITER_RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use bootstrapServers"),
+    (
+        "enable.idempotence",
+        "the producer is always idempotent (no duplicates on retries)",
+    ),
+];
 
 /// The client context of every dataflow consumer: librdkafka's global
 /// errors go to the log as warnings (they are mostly transient: the client

@@ -128,13 +128,12 @@ impl RangeRead {
         // a consumer with librdkafka's default wait instead.
         let mut quick = true;
         loop {
-            let consumer: KafkaConsumer = self
-                .settings
-                .client
+            let client = &self.settings.client;
+            let consumer: KafkaConsumer = client
                 .range_reader_config("dataflow-reader", quick)
                 .set("auto.offset.reset", "error")
                 .create_with_context(Context)
-                .map_err(|e| self.error(cursor.next, e))?;
+                .map_err(|e| self.error(cursor.next, client.describe(&e)))?;
             let mut assignment = TopicPartitionList::new();
             assignment
                 .add_partition_offset(&self.topic, self.partition, Offset::Offset(cursor.next))
@@ -319,4 +318,84 @@ fn dead_letters(topic: &str, partition: i32, bad: &[BadRecord]) -> DfResult<Reco
         Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    use super::*;
+
+    /// Produces `values` to t/0 in one committed transaction.
+    fn produce(servers: &str, values: std::ops::Range<i64>) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", servers)
+            .set("transactional.id", "read-test")
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        producer.init_transactions(timeout).unwrap();
+        producer.begin_transaction().unwrap();
+        for i in values {
+            let value = i.to_string();
+            producer
+                .send(BaseRecord::<(), str>::to("t").partition(0).payload(&value))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(timeout).unwrap();
+        producer.commit_transaction(timeout).unwrap();
+    }
+
+    /// Reads `start..end` of partition t/0: the offsets of the rows read.
+    async fn read(servers: &str, start: i64, end: i64) -> DfResult<Vec<i64>> {
+        let format = Format::Raw;
+        let schema = format.output_schema();
+        let read = RangeRead {
+            settings: Arc::new(ReadSettings {
+                client: ClientSettings {
+                    bootstrap_servers: servers.to_string(),
+                    passthrough: BTreeMap::new(),
+                },
+                format,
+                schema,
+                batch_size: 1000,
+                on_decode_error: OnDecodeError::Fail,
+            }),
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+            projection: Some(vec![4]),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+        read.read(tx).await?;
+        let mut offsets = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            offsets.extend(column.values().iter().copied());
+        }
+        Ok(offsets)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_range_ending_in_a_transaction_marker_is_done_at_the_marker() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let servers = cluster.bootstrap_servers();
+        produce(&servers, 0..3);
+        // Records 0..3, the commit marker at 3.
+        let started = Instant::now();
+        assert_eq!(read(&servers, 0, 4).await.unwrap(), [0, 1, 2]);
+        assert!(started.elapsed() < QUICK_STALL, "{:?}", started.elapsed());
+    }
 }

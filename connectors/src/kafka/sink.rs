@@ -27,7 +27,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::client::{blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context};
+use super::client::{
+    blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context, WRITER_RESERVED,
+};
 use crate::error::{ConnectorError, Result};
 
 /// How long transaction and offset requests may take.
@@ -86,8 +88,11 @@ impl std::fmt::Debug for KafkaSink {
 
 /// Builds a `toKafka` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
-    let (config, client) =
-        ClientSettings::parse_step(info, |c: &ToKafkaConfig| c.bootstrap_servers.as_str())?;
+    let (config, client) = ClientSettings::parse_step(
+        info,
+        |c: &ToKafkaConfig| c.bootstrap_servers.as_str(),
+        WRITER_RESERVED,
+    )?;
     if config.topic.is_empty() {
         return Err(info.error("topic", "must not be empty"));
     }
@@ -142,9 +147,10 @@ impl KafkaSink {
             return Ok(producer.clone());
         }
         let mut config = self.client.config();
-        config
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
+        if config.get("linger.ms").is_none() {
+            config.set("linger.ms", "5");
+        }
+        config.set("enable.idempotence", "true");
         if self.config.exactly_once && config.get("transactional.id").is_none() {
             // Stable across restarts, so a new process fences the old one.
             let scope = marks
@@ -156,9 +162,8 @@ impl KafkaSink {
                 format!("{scope}/toKafka/{}", self.config.topic),
             );
         }
-        let producer: FutureProducer<Context> = config
-            .create_with_context(Context)
-            .map_err(|e| kafka_error("creating a producer", self.servers(), e))?;
+        let producer: FutureProducer<Context> =
+            self.client.create(&config, "creating a producer")?;
         let producer = Arc::new(producer);
         if self.config.exactly_once {
             let p = producer.clone();
@@ -263,10 +268,10 @@ impl KafkaSink {
                 let s = servers.clone();
                 let client = self.client.clone();
                 blocking(move || {
-                    let consumer: KafkaConsumer = client
-                        .range_reader_config(&group, true)
-                        .create_with_context(Context)
-                        .map_err(|e| kafka_error("creating a client", &s, e))?;
+                    let consumer: KafkaConsumer = client.create(
+                        &client.range_reader_config(&group, true),
+                        "creating a client",
+                    )?;
                     let metadata = consumer.group_metadata().ok_or_else(|| {
                         kafka_error("adding offsets to the transaction", &s, "no group metadata")
                     })?;
@@ -356,10 +361,10 @@ impl Sink for KafkaSink {
         let recorded = blocking(move || {
             let mut recorded = HashMap::new();
             for (group, partitions) in groups {
-                let consumer: KafkaConsumer = client
-                    .range_reader_config(&group, true)
-                    .create_with_context(Context)
-                    .map_err(|e| kafka_error("creating a client", &servers, e))?;
+                let consumer: KafkaConsumer = client.create(
+                    &client.range_reader_config(&group, true),
+                    "creating a client",
+                )?;
                 let committed = consumer
                     .committed_offsets(partitions, TIMEOUT)
                     .map_err(|e| kafka_error("reading committed offsets", &servers, e))?;

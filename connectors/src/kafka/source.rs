@@ -24,7 +24,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::client::{blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context};
+use super::client::{
+    blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, READER_RESERVED,
+};
 use super::decode::Format;
 use super::read::{OnDecodeError, RangeRead, ReadSettings};
 use crate::error::{ConnectorError, Result};
@@ -129,6 +131,13 @@ struct KafkaSource {
     config: FromKafkaConfig,
     topics: Vec<String>,
     client: ClientSettings,
+    /// The step, for config errors found when a run opens the source.
+    info: StepInfo,
+    /// Where each partition without a recorded position starts, resolved
+    /// from `startingOffsets` on the first open and kept for the life of the
+    /// source (a stream): `latest` is the end when the stream started, not
+    /// at every trigger. `None` before the first open.
+    starts: Mutex<Option<HashMap<String, i64>>>,
     /// For metadata, watermarks and group commits; created on first use.
     consumer: Mutex<Option<Arc<KafkaConsumer>>>,
     /// The table schema, fixed for the life of the source.
@@ -148,8 +157,11 @@ impl std::fmt::Debug for KafkaSource {
 
 /// Builds a `fromKafka` source from its step config.
 pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>> {
-    let (config, client) =
-        ClientSettings::parse_step(info, |c: &FromKafkaConfig| c.bootstrap_servers.as_str())?;
+    let (config, client) = ClientSettings::parse_step(
+        info,
+        |c: &FromKafkaConfig| c.bootstrap_servers.as_str(),
+        READER_RESERVED,
+    )?;
     let topics = match (&config.topic, &config.topics) {
         (Some(topic), None) => vec![topic.clone()],
         (None, Some(topics)) if !topics.is_empty() => topics.clone(),
@@ -157,6 +169,10 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
     };
     if let Some(bad) = topics.iter().find(|t| t.is_empty() || t.contains('/')) {
         return Err(info.error("topic", format!("\"{bad}\" is not a topic name")));
+    }
+    check_offsets(&config.starting_offsets, false).map_err(|m| info.error("startingOffsets", m))?;
+    if let Some(ending) = &config.ending_offsets {
+        check_offsets(ending, true).map_err(|m| info.error("endingOffsets", m))?;
     }
     if config.batch_size == 0 {
         return Err(info.error("batchSize", "must be at least 1"));
@@ -190,6 +206,8 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
         config,
         topics,
         client,
+        info: info.clone(),
+        starts: Mutex::new(None),
         consumer: Mutex::new(None),
         schema: OnceCell::new(),
         settings: OnceCell::new(),
@@ -203,11 +221,12 @@ impl KafkaSource {
         if let Some(consumer) = slot.as_ref() {
             return Ok(consumer.clone());
         }
-        let consumer: KafkaConsumer = self
-            .client
-            .range_reader_config(self.config.group_id.as_deref().unwrap_or("dataflow"), true)
-            .create_with_context(Context)
-            .map_err(|e| kafka_error("creating a client", &self.client.bootstrap_servers, e))?;
+        let consumer: KafkaConsumer = self.client.create(
+            &self
+                .client
+                .range_reader_config(self.config.group_id.as_deref().unwrap_or("dataflow"), true),
+            "creating a client",
+        )?;
         let consumer = Arc::new(consumer);
         *slot = Some(consumer.clone());
         Ok(consumer)
@@ -258,14 +277,15 @@ impl KafkaSource {
         .await
     }
 
-    /// Where a partition without a recorded position starts.
+    /// The offset `offsets` names for a partition with watermarks
+    /// `low..high`; `unlisted` for a partition a per-partition map leaves
+    /// out (startingOffsets: earliest; endingOffsets: latest, as Spark).
     fn configured(
-        &self,
         offsets: &Offsets,
         topic: &str,
         partition: i32,
-        low: i64,
-        high: i64,
+        (low, high): (i64, i64),
+        unlisted: NamedOffset,
     ) -> i64 {
         let exact = match offsets {
             Offsets::Named(NamedOffset::Earliest) => return low,
@@ -276,6 +296,7 @@ impl KafkaSource {
                 .copied(),
         };
         match exact {
+            None if unlisted == NamedOffset::Latest => high,
             None | Some(-2) => low,
             Some(-1) => high,
             Some(offset) => offset,
@@ -310,10 +331,8 @@ impl KafkaSource {
         let client = self.client.clone();
         let servers = self.client.bootstrap_servers.clone();
         self.blocking(move |_| {
-            let consumer: KafkaConsumer = client
-                .range_reader_config("dataflow-sample", true)
-                .create_with_context(Context)
-                .map_err(|e| kafka_error("creating a client", &servers, e))?;
+            let consumer: KafkaConsumer =
+                    client.create(&client.range_reader_config("dataflow-sample", true), "creating a client")?;
             let mut values = Vec::new();
             for (topic, partition, low, high) in partitions.iter().filter(|p| p.3 > p.2) {
                 let mut assignment = TopicPartitionList::new();
@@ -378,6 +397,35 @@ impl KafkaSource {
             .await;
         Ok(settings.clone())
     }
+}
+
+/// Checks the offsets given in `startingOffsets` (or, `ending`, in
+/// `endingOffsets`, where earliest makes no sense).
+fn check_offsets(offsets: &Offsets, ending: bool) -> std::result::Result<(), String> {
+    let earliest = match offsets {
+        Offsets::Named(named) => *named == NamedOffset::Earliest,
+        Offsets::Exact(map) => {
+            for (topic, partitions) in map {
+                for (partition, offset) in partitions {
+                    if partition.parse::<i32>().map_or(true, |p| p < 0) {
+                        return Err(format!(
+                            "{topic}: \"{partition}\" is not a partition number"
+                        ));
+                    }
+                    if *offset < -2 {
+                        return Err(format!(
+                            "{topic}/{partition}: {offset} is not an offset (-2 earliest, -1 latest, or 0 and up)"
+                        ));
+                    }
+                }
+            }
+            map.values().flat_map(|p| p.values()).any(|o| *o == -2)
+        }
+    };
+    if ending && earliest {
+        return Err("earliest (-2) cannot end a read; use latest (-1), an offset, or leave the partition out (it then reads to the latest offset)".into());
+    }
+    Ok(())
 }
 
 /// Moves each high watermark up to the offset after the last record
@@ -483,15 +531,39 @@ impl Source for KafkaSource {
     }
 
     async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+        if resume.micro_batch && self.config.ending_offsets.is_some() {
+            return Err(Box::new(self.info.error(
+                "endingOffsets",
+                "only applies in batch mode and with trigger once; a stream reads what arrives (use trigger availableNow to stop at what is there at start)",
+            )));
+        }
         let settings = self.read_settings(state).await?;
+        let partitions = self.partitions().await?;
+        let mut starts = self.starts.lock().expect("starts lock");
+        let first_open = starts.is_none();
+        let starts = starts.get_or_insert_with(HashMap::new);
         let mut ranges = Vec::new();
-        for (topic, partition, low, high) in self.partitions().await? {
+        for (topic, partition, low, high) in partitions {
             let key = format!("{topic}/{partition}");
             let mut start = match resume.marks.get(&key) {
                 Some(mark) => *mark,
-                None => {
-                    self.configured(&self.config.starting_offsets, &topic, partition, low, high)
-                }
+                // Resolved once: an empty batch does not move a `latest`
+                // start, so records arriving later are read. A partition
+                // that appears after the first open starts at its earliest
+                // offset (as Spark), so none of its records are skipped.
+                None => *starts.entry(key.clone()).or_insert_with(|| {
+                    if first_open {
+                        Self::configured(
+                            &self.config.starting_offsets,
+                            &topic,
+                            partition,
+                            (low, high),
+                            NamedOffset::Earliest,
+                        )
+                    } else {
+                        low
+                    }
+                }),
             };
             if start < low || start > high {
                 let what = format!(
@@ -509,9 +581,14 @@ impl Source for KafkaSource {
             let mut end = high;
             if !resume.micro_batch {
                 if let Some(ending) = &self.config.ending_offsets {
-                    end = self
-                        .configured(ending, &topic, partition, low, high)
-                        .min(high);
+                    end = Self::configured(
+                        ending,
+                        &topic,
+                        partition,
+                        (low, high),
+                        NamedOffset::Latest,
+                    )
+                    .min(high);
                 }
             }
             if let Some(until) = resume.until.get(&key) {
@@ -621,6 +698,160 @@ impl TableProvider for KafkaTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(method: &str, kind: &str, config: serde_json::Value) -> StepInfo {
+        let other = if kind == "extract" {
+            r#"{"type": "load", "method": "toConsole"}"#
+        } else {
+            r#"{"type": "extract", "method": "fromFiles", "config": {"path": "x.csv"}}"#
+        };
+        let step = serde_json::json!({"type": kind, "method": method, "config": config});
+        let text = if kind == "extract" {
+            format!(r#"{{"name": "p", "steps": [{step}, {other}]}}"#)
+        } else {
+            format!(r#"{{"name": "p", "steps": [{other}, {step}]}}"#)
+        };
+        let spec = dataflow_engine::spec::PipelineSpec::load(&text, &[], &|_| None).unwrap();
+        let index = usize::from(kind != "extract");
+        spec.step_infos().unwrap().remove(index)
+    }
+
+    /// The config error's (path, message) for a `fromKafka` / `toKafka` config.
+    fn config_error(method: &str, config: serde_json::Value) -> (String, String) {
+        let err = if method == "fromKafka" {
+            source(&info(method, "extract", config)).unwrap_err()
+        } else {
+            super::super::sink::sink(&info(method, "load", config)).unwrap_err()
+        };
+        let text = err.to_string();
+        match err {
+            dataflow_engine::Error::Config { path, .. } => (path, text),
+            other => panic!("expected a config error, got {other}"),
+        }
+    }
+
+    fn with(
+        mut config: serde_json::Value,
+        key: &str,
+        value: serde_json::Value,
+    ) -> serde_json::Value {
+        config[key] = value;
+        config
+    }
+
+    #[test]
+    fn mistyped_or_invalid_kafka_settings_name_the_key_never_the_value() {
+        for (method, base, step) in [
+            (
+                "fromKafka",
+                serde_json::json!({"bootstrapServers": "k:9092", "topic": "t"}),
+                0,
+            ),
+            (
+                "toKafka",
+                serde_json::json!({"bootstrapServers": "k:9092", "topic": "t"}),
+                1,
+            ),
+        ] {
+            let (path, text) = config_error(
+                method,
+                with(base.clone(), "kafka.sasl.pasword", "hunter2XYZ".into()),
+            );
+            assert_eq!(
+                path,
+                format!("steps[{step}].config.kafka.sasl.pasword"),
+                "{text}"
+            );
+            assert!(text.contains("sasl.pasword"), "{text}");
+            assert!(!text.contains("hunter2XYZ"), "the secret leaked: {text}");
+            // An invalid value: librdkafka's message quotes it.
+            let (path, text) = config_error(
+                method,
+                with(base.clone(), "kafka.security.protocol", "hunter2XYZ".into()),
+            );
+            assert_eq!(
+                path,
+                format!("steps[{step}].config.kafka.security.protocol"),
+                "{text}"
+            );
+            assert!(!text.contains("hunter2XYZ"), "the secret leaked: {text}");
+            // Valid settings pass.
+            let ok = with(base.clone(), "kafka.sasl.password", "hunter2XYZ".into());
+            let ok = with(ok, "kafka.security.protocol", "SASL_PLAINTEXT".into());
+            if method == "fromKafka" {
+                source(&info(method, "extract", ok)).unwrap();
+            } else {
+                super::super::sink::sink(&info(method, "load", ok)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn settings_reading_depends_on_cannot_be_overridden() {
+        let base = serde_json::json!({"bootstrapServers": "k:9092", "topic": "t"});
+        for key in [
+            "kafka.enable.partition.eof",
+            "kafka.group.id",
+            "kafka.enable.auto.commit",
+            "kafka.auto.offset.reset",
+            "kafka.bootstrap.servers",
+        ] {
+            let (path, text) = config_error("fromKafka", with(base.clone(), key, "x".into()));
+            assert_eq!(path, format!("steps[0].config.{key}"), "{text}");
+            assert!(text.contains("cannot be overridden"), "{text}");
+        }
+        let (path, _) = config_error(
+            "toKafka",
+            with(base.clone(), "kafka.enable.idempotence", false.into()),
+        );
+        assert_eq!(path, "steps[1].config.kafka.enable.idempotence");
+    }
+
+    #[test]
+    fn ending_offsets_cannot_be_earliest_and_unlisted_partitions_end_at_latest() {
+        let base = serde_json::json!({"bootstrapServers": "k:9092", "topic": "t"});
+        for ending in [
+            serde_json::json!("earliest"),
+            serde_json::json!({"t": {"0": -2}}),
+        ] {
+            let (path, text) =
+                config_error("fromKafka", with(base.clone(), "endingOffsets", ending));
+            assert_eq!(path, "steps[0].config.endingOffsets", "{text}");
+            assert!(text.contains("earliest (-2) cannot end a read"), "{text}");
+        }
+        let (path, text) = config_error(
+            "fromKafka",
+            with(
+                base.clone(),
+                "startingOffsets",
+                serde_json::json!({"t": {"0": -3}}),
+            ),
+        );
+        assert_eq!(path, "steps[0].config.startingOffsets", "{text}");
+        source(&info(
+            "fromKafka",
+            "extract",
+            with(
+                base,
+                "endingOffsets",
+                serde_json::json!({"t": {"0": 5, "1": -1}}),
+            ),
+        ))
+        .unwrap();
+
+        let map: Offsets =
+            serde_json::from_value(serde_json::json!({"t": {"0": 5, "1": -1, "2": -2}})).unwrap();
+        let at = |topic, partition, unlisted| {
+            KafkaSource::configured(&map, topic, partition, (10, 100), unlisted)
+        };
+        assert_eq!(at("t", 0, NamedOffset::Latest), 5);
+        assert_eq!(at("t", 1, NamedOffset::Earliest), 100);
+        assert_eq!(at("t", 2, NamedOffset::Latest), 10);
+        // Not listed: a start is the earliest offset, an end the latest.
+        assert_eq!(at("t", 3, NamedOffset::Earliest), 10);
+        assert_eq!(at("t", 3, NamedOffset::Latest), 100);
+        assert_eq!(at("other", 0, NamedOffset::Latest), 100);
+    }
 
     #[test]
     fn cap_shares_in_proportion_and_keeps_the_total() {
