@@ -225,6 +225,74 @@ async fn exactly_once_into_delta_across_sigkills() {
     );
 }
 
+#[tokio::test]
+async fn streaming_from_latest_reads_what_arrives_after_the_start() {
+    let topic = topic_with_events("latest", 3, 0..30);
+    let out = tempfile::tempdir().unwrap();
+    let file = events_pipeline(
+        out.path(),
+        &topic,
+        "streaming",
+        r#""trigger": "processingTime=200ms","#,
+    );
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        r#""registerAs": "events""#,
+        r#""registerAs": "events", "startingOffsets": "latest""#,
+    );
+    std::fs::write(&file, config).unwrap();
+    let table = out.path().join("purchases");
+    let count = |table: std::path::PathBuf| async move {
+        if delta_version(&table).await.is_none() {
+            return Vec::new();
+        }
+        delta_rows(
+            &table,
+            "SELECT count(*) AS n, min(id) AS lo, max(id) AS hi FROM t",
+        )
+        .await
+    };
+    let wait_for = |n: &'static str| {
+        let table = table.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let rows = count(table.clone()).await;
+                if rows.iter().any(|r| r.contains(n)) || std::time::Instant::now() > deadline {
+                    return rows;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    let mut child = cli(out.path())
+        .args(["run", &file])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the stream start (and run a few empty triggers) first: what was
+    // there before is skipped, what arrives after is read.
+    std::thread::sleep(Duration::from_secs(4));
+    produce(&topic, 3, 100..130);
+    let first = wait_for("| 10 | 102 | 129 |").await;
+    produce(&topic, 3, 130..160);
+    let second = wait_for("| 20 | 102 | 159 |").await;
+
+    kill("-TERM", child.id());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        first.iter().any(|r| r.contains("| 10 | 102 | 129 |")),
+        "{first:?}\n{stderr}"
+    );
+    assert!(
+        second.iter().any(|r| r.contains("| 20 | 102 | 159 |")),
+        "{second:?}\n{stderr}"
+    );
+    assert!(status.success(), "{status:?}: {stderr}");
+}
+
 /// One Kafka source into Delta tables a and b (the sinks named in `tables`),
 /// one pipeline name whatever the tables, so both record the same app ids.
 fn two_tables_pipeline(dir: &Path, topic: &str, tables: &[&str], mode: &str) -> String {
@@ -338,72 +406,6 @@ async fn batch_runs_into_files_resume_from_the_checkpoint_location() {
             "+-----+-----+",
         ])
     );
-#[tokio::test]
-async fn streaming_from_latest_reads_what_arrives_after_the_start() {
-    let topic = topic_with_events("latest", 3, 0..30);
-    let out = tempfile::tempdir().unwrap();
-    let file = events_pipeline(
-        out.path(),
-        &topic,
-        "streaming",
-        r#""trigger": "processingTime=200ms","#,
-    );
-    let config = std::fs::read_to_string(&file).unwrap().replace(
-        r#""registerAs": "events""#,
-        r#""registerAs": "events", "startingOffsets": "latest""#,
-    );
-    std::fs::write(&file, config).unwrap();
-    let table = out.path().join("purchases");
-    let count = |table: std::path::PathBuf| async move {
-        if delta_version(&table).await.is_none() {
-            return Vec::new();
-        }
-        delta_rows(
-            &table,
-            "SELECT count(*) AS n, min(id) AS lo, max(id) AS hi FROM t",
-        )
-        .await
-    };
-    let wait_for = |n: &'static str| {
-        let table = table.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let rows = count(table.clone()).await;
-                if rows.iter().any(|r| r.contains(n)) || std::time::Instant::now() > deadline {
-                    return rows;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
-
-    let mut child = cli(out.path())
-        .args(["run", &file])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Let the stream start (and run a few empty triggers) first: what was
-    // there before is skipped, what arrives after is read.
-    std::thread::sleep(Duration::from_secs(4));
-    produce(&topic, 3, 100..130);
-    let first = wait_for("| 10 | 102 | 129 |").await;
-    produce(&topic, 3, 130..160);
-    let second = wait_for("| 20 | 102 | 159 |").await;
-
-    kill("-TERM", child.id());
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(
-        first.iter().any(|r| r.contains("| 10 | 102 | 129 |")),
-        "{first:?}\n{stderr}"
-    );
-    assert!(
-        second.iter().any(|r| r.contains("| 20 | 102 | 159 |")),
-        "{second:?}\n{stderr}"
-    );
-    assert!(status.success(), "{status:?}: {stderr}");
 }
 
 /// A cheap deterministic spread of kill times.

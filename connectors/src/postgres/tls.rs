@@ -25,7 +25,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -128,7 +130,10 @@ impl TlsParams {
             } else {
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Verifier::new(Some(webpki), provider)))
+                    .with_custom_certificate_verifier(Arc::new(Verifier::new(
+                        Some(webpki),
+                        provider,
+                    )))
             }
         };
         let config = match (&self.cert, &self.key) {
@@ -137,8 +142,8 @@ impl TlsParams {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                     .map_err(|e| format!("sslcert {cert}: {e}"))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("sslkey {key}: {e}"))?;
+                let key =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| format!("sslkey {key}: {e}"))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("sslcert/sslkey: {e}"))?
@@ -171,7 +176,10 @@ impl TlsParams {
             .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
         roots.add_parsable_certificates(certs);
         if roots.is_empty() {
-            return Err(format!("sslrootcert {}: no certificate in it", path.display()));
+            return Err(format!(
+                "sslrootcert {}: no certificate in it",
+                path.display()
+            ));
         }
         Ok(roots)
     }
@@ -210,8 +218,7 @@ impl ServerCertVerifier for Verifier {
         let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
         };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
