@@ -561,7 +561,7 @@ fn requested_partitions(plan: &LogicalPlan) -> Option<usize> {
     match plan {
         LogicalPlan::Repartition(r) => match &r.partitioning_scheme {
             Partitioning::RoundRobinBatch(n) | Partitioning::Hash(_, n) => Some(*n),
-            Partitioning::DistributeBy(_) => None,
+            _ => None,
         },
         LogicalPlan::Projection(p) => requested_partitions(&p.input),
         LogicalPlan::SubqueryAlias(a) => requested_partitions(&a.input),
