@@ -15,7 +15,7 @@ use dataflow_engine::ops::history::History;
 use dataflow_engine::ops::runner::Trigger;
 use dataflow_engine::ops::schedule::{run_schedules, Job};
 use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
-use dataflow_engine::plan::Pipeline;
+use dataflow_engine::pipeline::Pipeline;
 use dataflow_engine::spec::{Mode, PipelineSpec};
 use dataflow_engine::{Error, Result};
 use observe::Observer;
@@ -167,7 +167,7 @@ fn jobs(args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
         .iter()
         .map(|config| {
             let spec = load_spec(config, &args.sets)?;
-            let schedule = spec.cron_schedule()?.ok_or_else(|| {
+            let schedule = spec.schedule.clone().ok_or_else(|| {
                 Error::config(
                     "schedule",
                     None,

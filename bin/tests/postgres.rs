@@ -263,7 +263,7 @@ async fn a_dropped_connection_fails_cleanly_or_is_retried() {
     );
 }
 
-/// Without a mark-recording sink the high-water mark lives in a state file
+/// Without a mark-recording sink the high-water mark lives in an offset log
 /// under `stateDir`, written only after the load committed: a failed run
 /// does not advance it, so the next run reads the same rows again.
 #[tokio::test]
@@ -302,9 +302,9 @@ async fn incremental_reads_keep_the_mark_in_state_dir_for_file_sinks() {
         ids("b1").await,
         table(&["+----+", "| id |", "+----+", "| 1  |", "| 2  |", "| 3  |", "+----+"])
     );
-    let state_file = state.join("dataflow_pg-incremental_events.json");
+    let offset_log = state.join("dataflow_pg-incremental_events.json");
     assert_eq!(
-        std::fs::read_to_string(&state_file).unwrap().trim(),
+        std::fs::read_to_string(&offset_log).unwrap().trim(),
         "{\n  \"id\": 3\n}"
     );
 
@@ -314,7 +314,7 @@ async fn incremental_reads_keep_the_mark_in_state_dir_for_file_sinks() {
     // b1 exists (toFiles errorIfExists): the run fails, the mark stays at 3.
     let failed = run_batch("b1");
     assert_eq!(failed.code, 1, "{}", failed.stderr);
-    assert!(std::fs::read_to_string(&state_file)
+    assert!(std::fs::read_to_string(&offset_log)
         .unwrap()
         .contains("\"id\": 3"));
 
@@ -325,7 +325,7 @@ async fn incremental_reads_keep_the_mark_in_state_dir_for_file_sinks() {
     );
     // Nothing new: an empty batch, mark unchanged.
     run_batch("b3").assert_ok();
-    assert!(std::fs::read_to_string(&state_file)
+    assert!(std::fs::read_to_string(&offset_log)
         .unwrap()
         .contains("\"id\": 5"));
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dataflow_connectors::registry;
 use dataflow_connectors::testing::PgServer;
-use dataflow_engine::plan::Pipeline;
+use dataflow_engine::pipeline::Pipeline;
 use dataflow_engine::spec::PipelineSpec;
 use datafusion::arrow::array::{Array, AsArray, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::concat_batches;

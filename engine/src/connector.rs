@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,12 +36,10 @@ pub struct Resume {
     /// The source's keys (as in [`Source::resume_keys`]) → recorded version;
     /// a key is absent when nothing was recorded for it.
     pub marks: HashMap<String, i64>,
-    /// False when no sink of the pipeline can record marks: the source must
-    /// keep its own state (and is told of commits in [`Source::committed`]).
+    /// False when no sink of the pipeline can record marks: `marks` then
+    /// come from the source's offset log, if it has one (see
+    /// [`Source::offset_log_dir`]).
     pub recorded_by_sinks: bool,
-    /// The prefix of this source's mark app ids, `dataflow/<pipeline>/<step>`:
-    /// unique per pipeline and step, to name state the source keeps itself.
-    pub scope: String,
     /// A micro-batch of a streaming run: a streaming source reads at most
     /// its per-trigger limit. False for batch runs and trigger `once`.
     pub micro_batch: bool,
@@ -96,6 +95,13 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// and file listing happen here): the table, and the positions the run
     /// reaches.
     async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError>;
+
+    /// The directory of this source's own offset log (e.g. fromPostgres's
+    /// `stateDir`), used instead of the pipeline's `checkpointLocation` when
+    /// no sink records its positions; `None` (the default) for none.
+    fn offset_log_dir(&self) -> Option<PathBuf> {
+        None
+    }
 
     /// Called after every sink committed, with the positions now durable.
     async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {

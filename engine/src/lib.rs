@@ -1,21 +1,24 @@
 //! dataflow-engine: turns a JSON pipeline config into one DataFusion plan and
 //! runs it into sinks that commit all together.
 //!
-//! Data flows one way: config ([`spec`]) → plan ([`plan::Pipeline::compile`])
-//! → execution ([`plan::Pipeline::run`]) → sinks ([`connector::Sink`]), which
-//! commit through a shared [`commit::CommitGate`].
+//! Data flows one way: config ([`spec`]) → plan
+//! ([`pipeline::Pipeline::compile`]) → execution ([`pipeline::Pipeline::run`],
+//! or [`stream`]'s micro-batches) → sinks ([`connector::Sink`]), which commit
+//! through a shared [`commit::CommitGate`]; sources resume where the last run
+//! left off ([`resume`]).
 
 pub mod cache;
 pub mod commit;
 pub mod connector;
 pub mod error;
 pub mod ops;
+pub mod pipeline;
 pub mod plan;
+pub mod resume;
 pub mod run;
 pub mod schema;
 pub mod secret;
 pub mod spec;
-pub mod state_file;
 pub mod stream;
 mod transform;
 

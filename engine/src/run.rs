@@ -1,16 +1,23 @@
 //! Batch execution: every load runs concurrently over the compiled plan,
-//! stages its output, and all commit together through one [`CommitGate`].
+//! stages its output, and all commit together through one [`CommitGate`];
+//! a batch run opens its sources at their resume point ([`BatchOpening`]).
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use datafusion::execution::context::SessionContext;
+
 use crate::commit::CommitGate;
-use crate::connector::{SinkReport, WriteContext};
+use crate::connector::{Mark, Registry, Sink, SinkReport, Source, WriteContext};
 use crate::error::{Error, Result, StepRef};
 use crate::ops::progress::{counted, RowCounter};
-use crate::plan::Pipeline;
-use crate::spec::StepKind;
+use crate::plan::{build_sink, build_source, Load, Opening};
+use crate::resume::{resume_with_log, OpenedSource, OpenedTable};
+use crate::spec::{PipelineSpec, StepInfo, StepKind};
 
 /// One line of the run summary.
 #[derive(Debug, Clone)]
@@ -44,153 +51,141 @@ pub struct RunSummary {
     pub commit: Option<Duration>,
 }
 
-impl Pipeline {
-    /// Runs every load concurrently and commits all of them, or none if any
-    /// fails or `cancel` resolves before the commit point.
-    pub async fn run(&self, cancel: impl Future<Output = ()>) -> Result<RunSummary> {
-        self.run_counted(cancel, None).await
+/// How a batch run gets its sinks and sources: built for this run, each
+/// source opened where its sinks (or its offset log) say it left off.
+pub(crate) struct BatchOpening {
+    /// `checkpointLocation`: the offset logs' directory.
+    checkpoint: Option<PathBuf>,
+}
+
+impl BatchOpening {
+    /// The opening of a batch run of `spec`.
+    pub(crate) fn new(spec: &PipelineSpec) -> Self {
+        BatchOpening {
+            checkpoint: spec.checkpoint_location.as_ref().map(PathBuf::from),
+        }
+    }
+}
+
+#[async_trait]
+impl Opening for BatchOpening {
+    fn sink(&mut self, info: &StepInfo, registry: &Registry) -> Result<Arc<dyn Sink>> {
+        build_sink(info, registry)
     }
 
-    /// [`run`](Self::run), counting the rows passed to the loads in
-    /// `progress` as they go.
-    pub async fn run_counted(
-        &self,
-        cancel: impl Future<Output = ()>,
-        progress: Option<&RowCounter>,
-    ) -> Result<RunSummary> {
-        let started = Instant::now();
-        let gates = CommitGate::for_participants(self.loads.len());
-        let marks = self.marks();
-        let starts = self.starts();
-        let loads = self
-            .loads
-            .iter()
-            .zip(gates.iter())
-            .map(|(load, gate)| {
-                let ctx = WriteContext {
-                    gate: gate.clone(),
-                    marks: marks.clone(),
-                    starts: starts.clone(),
-                };
-                (load, gate, ctx)
-            })
-            .map(|(load, gate, ctx)| async move {
-                let t = Instant::now();
-                let input = match progress {
-                    Some(counter) => counted(load.input.clone(), counter)
-                        .map_err(|e| (gate.abort(), Error::step(&load.step, e)))?,
-                    None => load.input.clone(),
-                };
-                match load.sink.write(input, ctx).await {
-                    Ok(report) => {
-                        // A sink with nothing to stage (console) may never call
-                        // ready(); count it as ready so the others can commit.
-                        let _ = gate.ready().await;
-                        Ok((report, t.elapsed()))
-                    }
-                    Err(err) => {
-                        let first = gate.abort();
-                        Err((first, Error::from_connector(&load.step, err)))
-                    }
-                }
-            });
-        let all = futures::future::join_all(loads);
-        tokio::pin!(all);
-        tokio::pin!(cancel);
-        let results = tokio::select! {
-            results = &mut all => results,
-            () = &mut cancel => {
-                // The handles share one gate: aborting one aborts the run's
-                // commits, unless they already began.
-                gates.first().map(CommitGate::abort);
-                if !gates.iter().any(CommitGate::is_open) {
-                    return Err(Error::Cancelled);
-                }
-                tracing::warn!("interrupted during commit; letting the commits finish");
-                all.await
-            }
+    fn source(&mut self, info: &StepInfo, registry: &Registry) -> Result<Arc<dyn Source>> {
+        build_source(info, registry)
+    }
+
+    async fn open(
+        &mut self,
+        source: &OpenedSource,
+        ctx: &SessionContext,
+        sinks: &[Arc<dyn Sink>],
+    ) -> Result<OpenedTable> {
+        let (resume, log) = resume_with_log(source, sinks, self.checkpoint.as_deref()).await?;
+        let mut table = source.open(ctx, resume).await?;
+        table.offset_log = log;
+        Ok(table)
+    }
+}
+
+/// One load's outcome: its report and wall time; or its error, and whether
+/// it was the first failure (the one that aborted the commit gate).
+type LoadOutcome = std::result::Result<(SinkReport, Duration), (bool, Error)>;
+
+/// Runs every load concurrently, each through its gate, recording `marks`
+/// (and where the run read them from) where it can; all commit, or none if
+/// any fails or `cancel` resolves before the commit point.
+pub(crate) async fn write_loads(
+    loads: &[Load],
+    gates: &[CommitGate],
+    marks: &[Mark],
+    starts: &[Mark],
+    progress: Option<&RowCounter>,
+    cancel: impl Future<Output = ()>,
+) -> Result<Vec<(SinkReport, Duration)>> {
+    let writes = loads.iter().zip(gates).map(|(load, gate)| {
+        let ctx = WriteContext {
+            gate: gate.clone(),
+            marks: marks.to_vec(),
+            starts: starts.to_vec(),
         };
+        write_load(load, ctx, progress)
+    });
+    let outcomes = unless_cancelled(futures::future::join_all(writes), gates, cancel).await?;
+    first_failure(outcomes)
+}
 
-        let mut reports = Vec::with_capacity(results.len());
-        let mut failures = Vec::new();
-        for result in results {
-            match result {
-                Ok(done) => reports.push(Some(done)),
-                Err(failure) => {
-                    reports.push(None);
-                    failures.push(failure);
-                }
-            }
+/// Runs one load: stages, waits at the gate, commits.
+async fn write_load(load: &Load, ctx: WriteContext, progress: Option<&RowCounter>) -> LoadOutcome {
+    let started = Instant::now();
+    let gate = ctx.gate.clone();
+    let input = match progress {
+        Some(counter) => counted(load.input.clone(), counter)
+            .map_err(|e| (gate.abort(), Error::step(&load.step, e)))?,
+        None => load.input.clone(),
+    };
+    match load.sink.write(input, ctx).await {
+        Ok(report) => {
+            // A sink with nothing to stage (console) may never call
+            // ready(); count it as ready so the others can commit.
+            let _ = gate.ready().await;
+            Ok((report, started.elapsed()))
         }
-        if !failures.is_empty() {
-            // The first failure is the cause; the others were abandoned
-            // because of it (or, past the commit point, failed on their own).
-            let cause = failures.iter().position(|(first, _)| *first).unwrap_or(0);
-            for (i, (_, err)) in failures.iter().enumerate() {
-                if i != cause {
-                    tracing::debug!("also failed: {err}");
-                }
-            }
-            return Err(failures.swap_remove(cause).1);
-        }
-        for source in self.sources.iter().filter(|s| !s.marks.is_empty()) {
-            source
-                .source
-                .committed(&source.marks)
-                .await
-                .map_err(|e| Error::from_connector(&source.step, e))?;
-            if let Some(log) = &source.offset_log {
-                log.store(&source.marks)?;
-            }
-        }
-        let mut summary =
-            self.summarize(reports.into_iter().flatten().collect(), started.elapsed());
-        summary.commit = gates
-            .first()
-            .and_then(CommitGate::opened_at)
-            .map(|t| t.elapsed());
-        Ok(summary)
-    }
-
-    fn summarize(&self, loads: Vec<(SinkReport, Duration)>, elapsed: Duration) -> RunSummary {
-        let mut loads = self.loads.iter().zip(loads);
-        let steps = self
-            .steps
-            .iter()
-            .map(|(step, kind)| {
-                let mut report = StepReport {
-                    step: step.clone(),
-                    kind: *kind,
-                    rows: None,
-                    bytes: None,
-                    duration: None,
-                    detail: String::new(),
-                };
-                if *kind == StepKind::Load {
-                    if let Some((load, (sink, took))) = loads.next() {
-                        report.rows = Some(sink.rows);
-                        report.bytes = Some(sink.bytes);
-                        report.duration = Some(took);
-                        report.detail = format!("from {}; {}", load.input_name, sink.detail);
-                    }
-                } else if let Some(cached) = self.caches.iter().find(|c| c.step == *step) {
-                    report.rows = Some(cached.state.rows());
-                    report.detail = format!(
-                        "cached {} (computed {}x)",
-                        cached.state.level(),
-                        cached.state.computations()
-                    );
-                }
-                report
-            })
-            .collect();
-        RunSummary {
-            pipeline: self.name.clone(),
-            steps,
-            elapsed,
-            commit: None,
+        Err(err) => {
+            let first = gate.abort();
+            Err((first, Error::from_connector(&load.step, err)))
         }
     }
+}
+
+/// Awaits `all`, unless `cancel` resolves before the commit point: then the
+/// run's commits are aborted. Once they began, they are let finish.
+async fn unless_cancelled<T>(
+    all: impl Future<Output = T>,
+    gates: &[CommitGate],
+    cancel: impl Future<Output = ()>,
+) -> Result<T> {
+    tokio::pin!(all);
+    tokio::pin!(cancel);
+    tokio::select! {
+        results = &mut all => Ok(results),
+        () = &mut cancel => {
+            // The handles share one gate: aborting one aborts the run's
+            // commits, unless they already began.
+            gates.first().map(CommitGate::abort);
+            if !gates.iter().any(CommitGate::is_open) {
+                return Err(Error::Cancelled);
+            }
+            tracing::warn!("interrupted during commit; letting the commits finish");
+            Ok(all.await)
+        }
+    }
+}
+
+/// Every load's report, or the error that caused the run to fail.
+fn first_failure(outcomes: Vec<LoadOutcome>) -> Result<Vec<(SinkReport, Duration)>> {
+    let mut reports = Vec::with_capacity(outcomes.len());
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(done) => reports.push(done),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(reports);
+    }
+    // The first failure is the cause; the others were abandoned because of
+    // it (or, past the commit point, failed on their own).
+    let cause = failures.iter().position(|(first, _)| *first).unwrap_or(0);
+    for (i, (_, err)) in failures.iter().enumerate() {
+        if i != cause {
+            tracing::debug!("also failed: {err}");
+        }
+    }
+    Err(failures.swap_remove(cause).1)
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -14,19 +14,6 @@ use crate::cache::StorageLevel;
 use crate::error::{Error, Result};
 use crate::spec::StepInfo;
 
-/// Every transform method this engine knows, for error messages.
-pub const METHODS: &[&str] = &[
-    "sql",
-    "filterRows",
-    "selectColumns",
-    "dropColumns",
-    "renameColumns",
-    "deduplicate",
-    "repartition",
-    "coalesce",
-    "cache",
-];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SqlConfig {
@@ -89,6 +76,28 @@ pub(crate) struct Transformed {
     pub cache: Option<StorageLevel>,
 }
 
+/// How a transform method derives its relation.
+#[derive(Clone, Copy)]
+enum Method {
+    /// From a SQL query over the registered relations: needs no input.
+    Query,
+    /// From its input relation.
+    Unary(fn(&StepInfo, DataFrame) -> Result<Transformed>),
+}
+
+/// Every transform method, by name, in the order error messages list them.
+const TRANSFORMS: [(&str, Method); 9] = [
+    ("sql", Method::Query),
+    ("filterRows", Method::Unary(filter_rows)),
+    ("selectColumns", Method::Unary(select_columns)),
+    ("dropColumns", Method::Unary(drop_columns)),
+    ("renameColumns", Method::Unary(rename_columns)),
+    ("deduplicate", Method::Unary(deduplicate)),
+    ("repartition", Method::Unary(repartition)),
+    ("coalesce", Method::Unary(coalesce)),
+    ("cache", Method::Unary(cache)),
+];
+
 /// Applies transform `info.method` to `input` (`None` when no step precedes
 /// it and it names no input; only `sql` can do without one).
 pub(crate) async fn apply(
@@ -96,35 +105,15 @@ pub(crate) async fn apply(
     info: &StepInfo,
     input: Option<DataFrame>,
 ) -> Result<Transformed> {
-    let plan_err = |key: &str, source: DataFusionError| Error::Plan {
-        step: info.step.clone(),
-        path: info.key_path(key),
-        source,
+    let method = TRANSFORMS
+        .iter()
+        .find(|(name, _)| *name == info.step.method)
+        .map(|(_, method)| *method)
+        .ok_or_else(|| unknown_method(info))?;
+    let unary = match method {
+        Method::Query => return sql(ctx, info).await,
+        Method::Unary(unary) => unary,
     };
-    let plain = |frame| Ok(Transformed { frame, cache: None });
-    if info.step.method == "sql" {
-        let cfg: SqlConfig = info.parse()?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let frame = ctx
-            .sql_with_options(&cfg.query, options)
-            .await
-            .map_err(|e| plan_err("query", e))?;
-        return plain(frame);
-    }
-    if !METHODS.contains(&info.step.method.as_str()) {
-        return Err(Error::config(
-            format!("steps[{}].method", info.step.index),
-            Some(info.step.clone()),
-            format!(
-                "unknown transform method \"{}\"; known: {}",
-                info.step.method,
-                METHODS.join(", ")
-            ),
-        ));
-    }
     let Some(input) = input else {
         return Err(Error::config(
             format!("steps[{}].input", info.step.index),
@@ -132,103 +121,154 @@ pub(crate) async fn apply(
             "this step has no input: no step precedes it; name one with \"input\"",
         ));
     };
-    match info.step.method.as_str() {
-        "filterRows" => {
-            let cfg: FilterConfig = info.parse()?;
-            let expr = input
-                .parse_sql_expr(&cfg.condition)
-                .map_err(|e| plan_err("condition", e))?;
-            plain(input.filter(expr).map_err(|e| plan_err("condition", e))?)
-        }
-        "selectColumns" => {
-            let cfg: ColumnsConfig = info.parse()?;
-            non_empty(info, &cfg.columns)?;
-            let exprs = cfg
-                .columns
-                .iter()
-                .map(|c| input.parse_sql_expr(c))
-                .collect::<Result<Vec<Expr>, _>>()
-                .map_err(|e| plan_err("columns", e))?;
-            plain(input.select(exprs).map_err(|e| plan_err("columns", e))?)
-        }
-        "dropColumns" => {
-            let cfg: ColumnsConfig = info.parse()?;
-            non_empty(info, &cfg.columns)?;
-            check_columns_exist(info, &input, &cfg.columns, "columns")?;
-            let names: Vec<&str> = cfg.columns.iter().map(String::as_str).collect();
-            plain(
-                input
-                    .drop_columns(&names)
-                    .map_err(|e| plan_err("columns", e))?,
-            )
-        }
-        "renameColumns" => {
-            let cfg: RenameConfig = info.parse()?;
-            let old: Vec<String> = cfg.mapping.keys().cloned().collect();
-            check_columns_exist(info, &input, &old, "mapping")?;
-            let mut frame = input;
-            for (from, to) in &cfg.mapping {
-                frame = frame
-                    .with_column_renamed(from, to)
-                    .map_err(|e| plan_err("mapping", e))?;
-            }
-            plain(frame)
-        }
-        "deduplicate" => {
-            let cfg: DeduplicateConfig = info.parse()?;
-            if cfg.columns.is_empty() {
-                return plain(input.distinct().map_err(|e| plan_err("columns", e))?);
-            }
-            check_columns_exist(info, &input, &cfg.columns, "columns")?;
-            let on = cfg
-                .columns
-                .iter()
-                .map(|c| col(Column::from_name(c)))
-                .collect();
-            let all = input.schema().columns().into_iter().map(col).collect();
-            plain(
-                input
-                    .distinct_on(on, all, None)
-                    .map_err(|e| plan_err("columns", e))?,
-            )
-        }
-        "repartition" => {
-            let cfg: RepartitionConfig = info.parse()?;
-            positive(info, cfg.num_partitions)?;
-            let partitioning = if cfg.columns.is_empty() {
-                Partitioning::RoundRobinBatch(cfg.num_partitions)
-            } else {
-                check_columns_exist(info, &input, &cfg.columns, "columns")?;
-                let exprs = cfg
-                    .columns
-                    .iter()
-                    .map(|c| col(Column::from_name(c)))
-                    .collect();
-                Partitioning::Hash(exprs, cfg.num_partitions)
-            };
-            plain(
-                input
-                    .repartition(partitioning)
-                    .map_err(|e| plan_err("numPartitions", e))?,
-            )
-        }
-        "coalesce" => {
-            let cfg: CoalesceConfig = info.parse()?;
-            positive(info, cfg.num_partitions)?;
-            let frame = input
-                .repartition(Partitioning::RoundRobinBatch(cfg.num_partitions))
-                .map_err(|e| plan_err("numPartitions", e))?;
-            plain(frame)
-        }
-        "cache" => {
-            let cfg: CacheConfig = info.parse()?;
-            Ok(Transformed {
-                frame: input,
-                cache: Some(cfg.storage_level),
-            })
-        }
-        _ => unreachable!("checked against METHODS above"),
+    unary(info, input)
+}
+
+fn unknown_method(info: &StepInfo) -> Error {
+    let known: Vec<&str> = TRANSFORMS.iter().map(|(name, _)| *name).collect();
+    Error::config(
+        format!("steps[{}].method", info.step.index),
+        Some(info.step.clone()),
+        format!(
+            "unknown transform method \"{}\"; known: {}",
+            info.step.method,
+            known.join(", ")
+        ),
+    )
+}
+
+/// A planning error about `key` of `info`'s config.
+fn plan_err<'a>(info: &'a StepInfo, key: &'a str) -> impl Fn(DataFusionError) -> Error + 'a {
+    move |source| Error::Plan {
+        step: info.step.clone(),
+        path: info.key_path(key),
+        source,
     }
+}
+
+/// A relation that asks for no cache.
+fn plain(frame: DataFrame) -> Result<Transformed> {
+    Ok(Transformed { frame, cache: None })
+}
+
+/// `sql`: a single query over the registered relations.
+async fn sql(ctx: &SessionContext, info: &StepInfo) -> Result<Transformed> {
+    let cfg: SqlConfig = info.parse()?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = ctx
+        .sql_with_options(&cfg.query, options)
+        .await
+        .map_err(plan_err(info, "query"))?;
+    plain(frame)
+}
+
+/// `filterRows`: the rows matching a SQL condition.
+fn filter_rows(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: FilterConfig = info.parse()?;
+    let expr = input
+        .parse_sql_expr(&cfg.condition)
+        .map_err(plan_err(info, "condition"))?;
+    plain(input.filter(expr).map_err(plan_err(info, "condition"))?)
+}
+
+/// `selectColumns`: SQL expressions over the input's columns.
+fn select_columns(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: ColumnsConfig = info.parse()?;
+    non_empty(info, &cfg.columns)?;
+    let exprs = cfg
+        .columns
+        .iter()
+        .map(|c| input.parse_sql_expr(c))
+        .collect::<Result<Vec<Expr>, _>>()
+        .map_err(plan_err(info, "columns"))?;
+    plain(input.select(exprs).map_err(plan_err(info, "columns"))?)
+}
+
+/// `dropColumns`: the input without some columns.
+fn drop_columns(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: ColumnsConfig = info.parse()?;
+    non_empty(info, &cfg.columns)?;
+    check_columns_exist(info, &input, &cfg.columns, "columns")?;
+    let names: Vec<&str> = cfg.columns.iter().map(String::as_str).collect();
+    plain(
+        input
+            .drop_columns(&names)
+            .map_err(plan_err(info, "columns"))?,
+    )
+}
+
+/// `renameColumns`: old name → new name.
+fn rename_columns(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: RenameConfig = info.parse()?;
+    let old: Vec<String> = cfg.mapping.keys().cloned().collect();
+    check_columns_exist(info, &input, &old, "mapping")?;
+    let mut frame = input;
+    for (from, to) in &cfg.mapping {
+        frame = frame
+            .with_column_renamed(from, to)
+            .map_err(plan_err(info, "mapping"))?;
+    }
+    plain(frame)
+}
+
+/// `deduplicate`: one row per distinct key (all columns when none given).
+fn deduplicate(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: DeduplicateConfig = info.parse()?;
+    if cfg.columns.is_empty() {
+        return plain(input.distinct().map_err(plan_err(info, "columns"))?);
+    }
+    check_columns_exist(info, &input, &cfg.columns, "columns")?;
+    let on = column_exprs(&cfg.columns);
+    let all = input.schema().columns().into_iter().map(col).collect();
+    plain(
+        input
+            .distinct_on(on, all, None)
+            .map_err(plan_err(info, "columns"))?,
+    )
+}
+
+/// `repartition`: hash-partitioned on columns, else round-robin.
+fn repartition(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: RepartitionConfig = info.parse()?;
+    positive(info, cfg.num_partitions)?;
+    let partitioning = if cfg.columns.is_empty() {
+        Partitioning::RoundRobinBatch(cfg.num_partitions)
+    } else {
+        check_columns_exist(info, &input, &cfg.columns, "columns")?;
+        Partitioning::Hash(column_exprs(&cfg.columns), cfg.num_partitions)
+    };
+    plain(
+        input
+            .repartition(partitioning)
+            .map_err(plan_err(info, "numPartitions"))?,
+    )
+}
+
+/// `coalesce`: fewer partitions, round-robin.
+fn coalesce(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: CoalesceConfig = info.parse()?;
+    positive(info, cfg.num_partitions)?;
+    let frame = input
+        .repartition(Partitioning::RoundRobinBatch(cfg.num_partitions))
+        .map_err(plan_err(info, "numPartitions"))?;
+    plain(frame)
+}
+
+/// `cache`: the input, cached at a storage level.
+fn cache(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let cfg: CacheConfig = info.parse()?;
+    Ok(Transformed {
+        frame: input,
+        cache: Some(cfg.storage_level),
+    })
+}
+
+/// Column references by exact name.
+fn column_exprs(columns: &[String]) -> Vec<Expr> {
+    columns.iter().map(|c| col(Column::from_name(c))).collect()
 }
 
 fn non_empty(info: &StepInfo, columns: &[String]) -> Result<()> {

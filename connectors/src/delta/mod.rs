@@ -235,16 +235,7 @@ impl DeltaSink {
             .build()
     }
 
-    /// Whether `table` already holds this run's batch, decided from the
-    /// table's own `txn` versions: a run that stopped between the commits of
-    /// two sinks is replayed from the lowest position any sink recorded, and
-    /// the sinks that committed it already must not write it twice.
-    ///
-    /// Per source key the batch reads from its start up to its mark: the
-    /// table holds it when its recorded version reaches the mark, and lacks
-    /// it when the version is absent or at most the start. Anything else (a
-    /// version inside the range, or some keys held and others not) means the
-    /// table holds part of the batch: an error, rather than duplicates.
+    /// Whether `table` already holds this run's batch (see [`holds_batch`]).
     async fn holds_batch(&self, table: &DeltaTable, ctx: &WriteContext) -> Result<bool> {
         let starts: HashMap<&str, i64> = ctx
             .starts
@@ -252,7 +243,7 @@ impl DeltaSink {
             .map(|m| (m.app_id.as_str(), m.version))
             .collect();
         let state = table.snapshot()?;
-        let (mut held, mut lacking) = (Vec::new(), Vec::new());
+        let mut ranges = Vec::new();
         for mark in &ctx.marks {
             let start = starts.get(mark.app_id.as_str()).copied();
             if start == Some(mark.version) {
@@ -261,34 +252,14 @@ impl DeltaSink {
             let recorded = state
                 .transaction_version(table.log_store().as_ref(), &mark.app_id)
                 .await?;
-            let range = match start {
-                Some(start) => format!("{start}..{}", mark.version),
-                None => format!("..{}", mark.version),
-            };
-            match recorded {
-                Some(version) if version >= mark.version => held.push(mark.app_id.as_str()),
-                None => lacking.push(mark.app_id.as_str()),
-                Some(version) if start.is_some_and(|start| version <= start) => {
-                    lacking.push(mark.app_id.as_str())
-                }
-                Some(version) => {
-                    return Err(ConnectorError::Rejected(format!(
-                        "the Delta table at \"{}\" holds part of this batch: it recorded {} up to {version}, the batch reads {range}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches; check for another pipeline or run writing the same app id",
-                        self.path(),
-                        mark.app_id
-                    )))
-                }
-            }
+            ranges.push(KeyRange {
+                app_id: &mark.app_id,
+                start,
+                end: mark.version,
+                recorded,
+            });
         }
-        if !held.is_empty() && !lacking.is_empty() {
-            return Err(ConnectorError::Rejected(format!(
-                "the Delta table at \"{}\" holds this batch for {} but not for {}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches",
-                self.path(),
-                held.join(", "),
-                lacking.join(", ")
-            )));
-        }
-        Ok(!held.is_empty())
+        holds_batch(self.path(), &ranges)
     }
 
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
@@ -440,6 +411,60 @@ impl DeltaSink {
 }
 
 /// Double-quotes an identifier for delta-rs's SQL expressions.
+/// One source key's part of a batch, and what a table recorded for it.
+#[derive(Debug, Clone, Copy)]
+struct KeyRange<'a> {
+    /// The key's mark app id.
+    app_id: &'a str,
+    /// The batch reads after this position (from the beginning when absent).
+    start: Option<i64>,
+    /// ... up to this one.
+    end: i64,
+    /// The table's `txn` version for the app id, if any.
+    recorded: Option<i64>,
+}
+
+/// Whether the Delta table at `path` already holds a batch, decided from the
+/// table's own `txn` versions: a run that stopped between the commits of
+/// two sinks is replayed from the lowest position any sink recorded, and
+/// the sinks that committed it already must not write it twice.
+///
+/// Per source key the batch reads from its start up to its mark: the
+/// table holds it when its recorded version reaches the mark, and lacks
+/// it when the version is absent or at most the start. Anything else (a
+/// version inside the range, or some keys held and others not) means the
+/// table holds part of the batch: an error, rather than duplicates.
+fn holds_batch(path: &str, ranges: &[KeyRange]) -> Result<bool> {
+    let (mut held, mut lacking) = (Vec::new(), Vec::new());
+    for range in ranges {
+        match range.recorded {
+            Some(version) if version >= range.end => held.push(range.app_id),
+            None => lacking.push(range.app_id),
+            Some(version) if range.start.is_some_and(|start| version <= start) => {
+                lacking.push(range.app_id)
+            }
+            Some(version) => {
+                let read = match range.start {
+                    Some(start) => format!("{start}..{}", range.end),
+                    None => format!("..{}", range.end),
+                };
+                return Err(ConnectorError::Rejected(format!(
+                    "the Delta table at \"{path}\" holds part of this batch: it recorded {} up to {version}, the batch reads {read}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches; check for another pipeline or run writing the same app id",
+                    range.app_id
+                )));
+            }
+        }
+    }
+    if !held.is_empty() && !lacking.is_empty() {
+        return Err(ConnectorError::Rejected(format!(
+            "the Delta table at \"{path}\" holds this batch for {} but not for {}. Nothing was written (writing would duplicate rows). Help: its sinks must commit the same batches",
+            held.join(", "),
+            lacking.join(", ")
+        )));
+    }
+    Ok(!held.is_empty())
+}
+
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -535,4 +560,71 @@ pub(crate) async fn append(path: &str, batch: RecordBatch) -> Result<()> {
         .with_save_mode(DeltaSaveMode::Append)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(app_id: &str, start: Option<i64>, end: i64, recorded: Option<i64>) -> KeyRange<'_> {
+        KeyRange {
+            app_id,
+            start,
+            end,
+            recorded,
+        }
+    }
+
+    fn rejected(result: Result<bool>) -> String {
+        match result {
+            Err(ConnectorError::Rejected(message)) => message,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_recorded_up_to_its_marks_is_held() {
+        let ranges = [
+            range("p/0", Some(10), 20, Some(20)),
+            range("p/1", None, 5, Some(7)),
+        ];
+        assert!(holds_batch("t", &ranges).unwrap());
+    }
+
+    #[test]
+    fn a_batch_recorded_nowhere_or_up_to_its_start_is_not_held() {
+        let ranges = [
+            range("p/0", Some(10), 20, Some(10)),
+            range("p/1", Some(3), 8, Some(1)),
+            range("p/2", None, 5, None),
+        ];
+        assert!(!holds_batch("t", &ranges).unwrap());
+        assert!(!holds_batch("t", &[]).unwrap());
+    }
+
+    #[test]
+    fn a_version_inside_the_range_is_a_partial_batch() {
+        let ranges = [range("p/0", Some(10), 20, Some(15))];
+        let message = rejected(holds_batch("t", &ranges));
+        assert!(
+            message.contains("recorded p/0 up to 15, the batch reads 10..20"),
+            "{message}"
+        );
+        let from_start = [range("p/0", None, 20, Some(15))];
+        let message = rejected(holds_batch("t", &from_start));
+        assert!(message.contains("the batch reads ..20"), "{message}");
+    }
+
+    #[test]
+    fn some_keys_held_and_others_not_is_a_partial_batch() {
+        let ranges = [
+            range("p/0", Some(10), 20, Some(20)),
+            range("p/1", Some(10), 20, Some(10)),
+        ];
+        let message = rejected(holds_batch("t", &ranges));
+        assert!(
+            message.contains("holds this batch for p/0 but not for p/1"),
+            "{message}"
+        );
+    }
 }

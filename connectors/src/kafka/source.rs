@@ -711,9 +711,9 @@ mod tests {
         } else {
             format!(r#"{{"name": "p", "steps": [{other}, {step}]}}"#)
         };
-        let spec = dataflow_engine::spec::PipelineSpec::load(&text, &[], &|_| None).unwrap();
+        let mut spec = dataflow_engine::spec::PipelineSpec::load(&text, &[], &|_| None).unwrap();
         let index = usize::from(kind != "extract");
-        spec.step_infos().unwrap().remove(index)
+        spec.steps.remove(index)
     }
 
     /// The config error's (path, message) for a `fromKafka` / `toKafka` config.

@@ -18,14 +18,13 @@ mod tls;
 mod types;
 mod values;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use dataflow_engine::connector::{BoxError, Opened, Resume, Source};
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
-use dataflow_engine::state_file::StateFile;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::execution::context::SessionState;
 use serde::Deserialize;
@@ -84,9 +83,6 @@ struct PostgresSource {
     config: FromPostgresConfig,
     /// The FROM item: a quoted table name or `(query) AS "q"`.
     from: String,
-    /// Where this run's high-water mark goes after the commit, when the
-    /// sinks do not record it.
-    state_file: Mutex<Option<StateFile>>,
 }
 
 /// Builds a `fromPostgres` source from its step config.
@@ -144,11 +140,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
         return Err(info.error("stateDir", "only applies with incrementalColumn"));
     }
     Connector::new(&config.url, None).map_err(|e| info.error("url", e))?;
-    Ok(Arc::new(PostgresSource {
-        config,
-        from,
-        state_file: Mutex::new(None),
-    }))
+    Ok(Arc::new(PostgresSource { config, from }))
 }
 
 impl PostgresSource {
@@ -299,23 +291,19 @@ impl PostgresSource {
     }
 
     /// The previous run's high-water mark: recorded by the sinks, else kept
-    /// in the state file (which this run then updates after its commit).
+    /// in the offset log under `stateDir` (which the engine reads into
+    /// `resume` and updates after the commit).
     fn last_mark(&self, column: &str, resume: &Resume) -> Result<Option<i64>, BoxError> {
-        if resume.recorded_by_sinks {
-            return Ok(resume.marks.get(column).copied());
-        }
-        let dir = self.config.state_dir.as_ref().ok_or_else(|| {
-            ConnectorError::Rejected(
+        if !resume.recorded_by_sinks && self.config.state_dir.is_none() {
+            return Err(ConnectorError::Rejected(
                 "incrementalColumn needs a place to record the high-water mark. Help: load into \
                  toDeltaLake, which records it in the same commit as the rows, or set stateDir \
-                 to keep it in a local file"
+                 to keep it in a local offset log"
                     .into(),
             )
-        })?;
-        let file = StateFile::new(Path::new(dir), &resume.scope);
-        let last = file.load()?.get(column).copied();
-        *self.state_file.lock().expect("state file lock") = Some(file);
-        Ok(last)
+            .into());
+        }
+        Ok(resume.marks.get(column).copied())
     }
 }
 
@@ -323,6 +311,10 @@ impl PostgresSource {
 impl Source for PostgresSource {
     async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
         Ok(self.config.incremental_column.iter().cloned().collect())
+    }
+
+    fn offset_log_dir(&self) -> Option<PathBuf> {
+        self.config.state_dir.as_ref().map(PathBuf::from)
     }
 
     async fn open(&self, _state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
@@ -348,13 +340,6 @@ impl Source for PostgresSource {
             start: Default::default(),
         })
     }
-
-    async fn committed(&self, marks: &[(String, i64)]) -> Result<(), BoxError> {
-        if let Some(file) = self.state_file.lock().expect("state file lock").as_ref() {
-            file.store(marks)?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -362,7 +347,7 @@ mod tests {
     use super::*;
 
     fn info(config: serde_json::Value) -> StepInfo {
-        let spec = dataflow_engine::spec::PipelineSpec::load(
+        let mut spec = dataflow_engine::spec::PipelineSpec::load(
             &serde_json::json!({"name": "p", "steps": [
                 {"type": "extract", "method": "fromPostgres", "config": config},
                 {"type": "load", "method": "toConsole"}]})
@@ -371,7 +356,7 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        spec.step_infos().unwrap().remove(0)
+        spec.steps.remove(0)
     }
 
     fn error_path(config: serde_json::Value) -> String {

@@ -163,23 +163,19 @@ impl StreamRun {
     /// Records the start of a streaming run of `spec` (trigger `manual`).
     pub fn start(history: History, spec: &PipelineSpec) -> Self {
         let steps = spec
-            .step_infos()
-            .map(|infos| {
-                infos
-                    .into_iter()
-                    .filter(|i| i.kind != StepKind::Transform)
-                    .map(|i| StepRecord {
-                        index: i.step.index,
-                        method: i.step.method.clone(),
-                        name: i.step.name.clone(),
-                        kind: i.kind.to_string(),
-                        rows: None,
-                        bytes: None,
-                        duration_ms: None,
-                    })
-                    .collect()
+            .steps
+            .iter()
+            .filter(|i| i.kind != StepKind::Transform)
+            .map(|i| StepRecord {
+                index: i.step.index,
+                method: i.step.method.clone(),
+                name: i.step.name.clone(),
+                kind: i.kind.to_string(),
+                rows: None,
+                bytes: None,
+                duration_ms: None,
             })
-            .unwrap_or_default();
+            .collect();
         let now = Utc::now();
         let mut run = StreamRun {
             history,

@@ -12,7 +12,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::progress::RowCounter;
 use crate::ops::retry::{classify, retry, RetryPolicy};
 use crate::ops::shutdown::Shutdown;
-use crate::plan::Pipeline;
+use crate::pipeline::Pipeline;
 use crate::run::RunSummary;
 use crate::spec::PipelineSpec;
 

@@ -1,82 +1,66 @@
-//! The pipeline config: its serde model, loading with `${ENV}` and `--set`,
-//! and typed parsing of each step's `config` with JSON paths in errors.
+//! The pipeline config, parsed once when it is loaded: `--set` and `${ENV}`
+//! applied, every key checked (errors name the JSON path), and the values
+//! other layers need (trigger, schedule, offset log directory, step infos)
+//! turned into the validated [`PipelineSpec`]. A leaf: it imports nothing
+//! from the planning, running or operating layers.
 
 mod overrides;
+mod raw;
+mod schedule;
+mod step;
+mod trigger;
 
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::error::{Error, Result, StepRef};
-use crate::ops::schedule::CronSchedule;
-use crate::stream::Trigger;
+use crate::error::{Error, Result};
 pub use overrides::{apply_set, substitute_env, EnvValues};
+use raw::RawPipeline;
+pub use schedule::CronSchedule;
+pub use step::StepInfo;
+pub use trigger::Trigger;
 
-/// A whole pipeline as written in its JSON file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A validated pipeline: what its JSON file says, checked and parsed.
+#[derive(Debug, Clone)]
 pub struct PipelineSpec {
     /// Pipeline name, used in summaries and logs.
     pub name: String,
     /// `batch` (run once) or `streaming`.
-    #[serde(default)]
     pub mode: Mode,
     /// Free text for humans.
-    #[serde(default)]
     pub description: Option<String>,
-    /// The steps, in order.
-    pub steps: Vec<StepSpec>,
-    /// When `run-pipeline schedule` runs this pipeline: a cron expression
-    /// with 5 fields (minute hour day-of-month month day-of-week) or 6 with
-    /// a leading seconds field, e.g. `"0 */15 * * * *"`.
-    #[serde(default)]
-    pub schedule: Option<String>,
-    /// IANA time zone the `schedule` is read in, e.g. `Europe/Paris`; UTC
-    /// when absent.
-    #[serde(default)]
-    pub timezone: Option<String>,
+    /// The steps, in order, with their common keys (`registerAs`, `cache`)
+    /// split from their method-specific config.
+    pub steps: Vec<StepInfo>,
+    /// When `run-pipeline schedule` runs this pipeline: `schedule` (a cron
+    /// expression with 5 fields, or 6 with a leading seconds field) read in
+    /// `timezone` (UTC when absent).
+    pub schedule: Option<CronSchedule>,
     /// What a schedule slot does while the previous run is still going.
-    #[serde(default)]
     pub overlap: Overlap,
     /// What `run-pipeline schedule` does on start for slots missed while it
     /// was not running.
-    #[serde(default, rename = "catchUp")]
     pub catch_up: CatchUp,
     /// How many times a run that failed for a transient reason (connection
     /// refused, timeout, throttling, commit conflict) is retried; permanent
     /// failures are never retried.
-    #[serde(default)]
     pub retries: u32,
     /// The delays between retries.
-    #[serde(default, rename = "retryBackoff")]
     pub retry_backoff: Backoff,
-    /// Streaming: when micro-batches run (see [`Trigger`]); may also sit in
-    /// a load step's config, where the Spark app wrote it.
-    #[serde(default)]
-    pub trigger: Option<Value>,
-    /// Reading a resumable source (fromKafka) into sinks that cannot record
-    /// source positions in their own commit (files, console), in streaming
-    /// or batch mode: the directory of the offset log, written after the
-    /// loads commit. May also sit in a load step's config.
-    #[serde(default, rename = "checkpointLocation")]
+    /// Streaming: when micro-batches run; written at the top level or in a
+    /// load step's config, where the Spark app wrote it.
+    pub trigger: Trigger,
+    /// `checkpointLocation`: reading a resumable source (fromKafka) into
+    /// sinks that cannot record source positions in their own commit (files,
+    /// console), in streaming or batch mode: the directory of the offset
+    /// log, written after the loads commit. Top level or a load step.
     pub checkpoint_location: Option<String>,
     /// The strings that came from environment variables: messages about
     /// them show the `${VAR}` written, never the value.
-    #[serde(skip)]
     pub env_values: EnvValues,
-}
-
-/// The streaming keys of a pipeline, gathered from the top level and the
-/// load steps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamSettings {
-    /// When micro-batches run.
-    pub trigger: Trigger,
-    /// The offset log directory, if any.
-    pub checkpoint_location: Option<String>,
 }
 
 /// `overlap`: a pipeline never runs twice at the same time.
@@ -133,9 +117,6 @@ impl Default for Backoff {
     }
 }
 
-/// Keys of a load step's config that are the pipeline's streaming settings.
-const STREAM_KEYS: [&str; 2] = ["trigger", "checkpointLocation"];
-
 /// How a pipeline runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,83 +150,9 @@ impl fmt::Display for StepKind {
     }
 }
 
-/// One step as written: `{"type", "method", "input"?, "config"}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepSpec {
-    /// extract, transform or load.
-    #[serde(rename = "type")]
-    pub kind: StepKind,
-    /// The operation, e.g. `fromFiles`, `sql`, `toDeltaLake`.
-    pub method: String,
-    /// The relation this step reads; defaults to the previous step's output.
-    #[serde(default)]
-    pub input: Option<String>,
-    /// Method-specific options.
-    #[serde(default)]
-    pub config: Map<String, Value>,
-}
-
-/// What every step knows about itself while being built: where it is in the
-/// config, and its method-specific options with the common keys taken out.
-#[derive(Debug, Clone)]
-pub struct StepInfo {
-    /// Index, method and registered name, for messages.
-    pub step: StepRef,
-    /// extract, transform or load.
-    pub kind: StepKind,
-    /// `input` as written, if any.
-    pub input: Option<String>,
-    /// `config.cache`: cache this step's output (`true` = MEMORY).
-    pub cache: bool,
-    /// The pipeline's mode: a sink's defaults and valid options may differ
-    /// in streaming pipelines (e.g. `toDeltaLake`'s saveMode).
-    pub mode: Mode,
-    /// The remaining method-specific config keys.
-    pub config: Map<String, Value>,
-    /// The pipeline's values from environment variables, kept out of messages.
-    pub env_values: EnvValues,
-}
-
-impl StepInfo {
-    /// JSON path of this step's config, e.g. `steps[2].config`.
-    pub fn config_path(&self) -> String {
-        format!("steps[{}].config", self.step.index)
-    }
-
-    /// JSON path of one key in this step's config.
-    pub fn key_path(&self, key: &str) -> String {
-        format!("{}.{key}", self.config_path())
-    }
-
-    /// A config error about `key` in this step.
-    pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
-        let path = self.key_path(key);
-        let message: String = message.into();
-        let message = self.env_values.redact(&path, &message);
-        Error::config(path, Some(self.step.clone()), message)
-    }
-
-    /// Deserializes the method-specific config into `T`, reporting the exact
-    /// JSON path of any unknown key, missing field or wrong type.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
-        let value = Value::Object(self.config.clone());
-        serde_path_to_error::deserialize(value).map_err(|err| {
-            let inner = err.path().to_string();
-            let path = if inner == "." || inner.is_empty() {
-                self.config_path()
-            } else {
-                format!("{}.{inner}", self.config_path())
-            };
-            let message = self.env_values.redact(&path, &err.into_inner().to_string());
-            Error::config(path, Some(self.step.clone()), message)
-        })
-    }
-}
-
 impl PipelineSpec {
-    /// Parses a pipeline from JSON text, applying `--set` overrides first and
-    /// `${VAR}` substitution second.
+    /// Parses and validates a pipeline from JSON text, applying `--set`
+    /// overrides first and `${VAR}` substitution second.
     pub fn load(text: &str, sets: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let mut value: Value = serde_json::from_str(text).map_err(|err| {
             Error::config(
@@ -258,245 +165,139 @@ impl PipelineSpec {
             apply_set(&mut value, set)?;
         }
         let env_values = substitute_env(&mut value, "", env)?;
-        let mut spec: PipelineSpec = serde_path_to_error::deserialize(value).map_err(|err| {
+        let raw: RawPipeline = serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
             let path = if path == "." { "$".to_string() } else { path };
             let message = env_values.redact(&path, &err.into_inner().to_string());
             Error::config(path, None, message)
         })?;
-        spec.env_values = env_values;
-        spec.check_shape()
-            .map_err(|err| spec.env_values.redact_error(err))?;
-        Ok(spec)
+        Self::validate(raw, &env_values).map_err(|err| env_values.redact_error(err))
     }
 
-    /// Splits every step's common keys (`registerAs`, `cache`) from its
-    /// method-specific ones.
-    pub fn step_infos(&self) -> Result<Vec<StepInfo>> {
-        self.steps
-            .iter()
-            .enumerate()
-            .map(|(index, step)| {
-                let mut config = step.config.clone();
-                let path = |key: &str| format!("steps[{index}].config.{key}");
-                let partial = StepRef {
-                    index,
-                    method: step.method.clone(),
-                    name: None,
-                };
-                let name = match config.remove("registerAs") {
-                    None => None,
-                    Some(Value::String(name)) => Some(name),
-                    Some(_) => {
-                        return Err(Error::config(
-                            path("registerAs"),
-                            Some(partial),
-                            "registerAs must be a string",
-                        ))
-                    }
-                };
-                if step.kind == StepKind::Load {
-                    for key in STREAM_KEYS {
-                        config.remove(key);
-                    }
-                }
-                let cache = match config.remove("cache") {
-                    None => false,
-                    Some(Value::Bool(b)) => b,
-                    Some(_) => {
-                        return Err(Error::config(
-                            path("cache"),
-                            Some(partial),
-                            "cache must be true or false",
-                        ))
-                    }
-                };
-                Ok(StepInfo {
-                    step: StepRef {
-                        index,
-                        method: step.method.clone(),
-                        name,
-                    },
-                    kind: step.kind,
-                    input: step.input.clone(),
-                    cache,
-                    mode: self.mode,
-                    config,
-                    env_values: self.env_values.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// Structural checks that need no connector: non-empty, names valid and
-    /// unique, a load step present, `input` only where it means something.
-    fn check_shape(&self) -> Result<()> {
-        if self.name.trim().is_empty() {
-            return Err(Error::config("name", None, "name must not be empty"));
-        }
-        check_pipeline_name(&self.name)?;
-        if self.steps.is_empty() {
-            return Err(Error::config(
-                "steps",
-                None,
-                "a pipeline needs at least one step",
-            ));
-        }
-        if !self.steps.iter().any(|s| s.kind == StepKind::Load) {
-            return Err(Error::config(
-                "steps",
-                None,
-                "a pipeline needs at least one load step (toDeltaLake, toFiles, toConsole, ...)",
-            ));
-        }
-        self.check_operations()?;
-        let mut names = HashSet::new();
-        for info in self.step_infos()? {
-            let step = &self.steps[info.step.index];
-            let at = |key: &str| format!("steps[{}].{key}", info.step.index);
-            if step.kind == StepKind::Extract && step.input.is_some() {
-                return Err(Error::config(
-                    at("input"),
-                    Some(info.step.clone()),
-                    "an extract step reads from its source, it takes no input",
-                ));
-            }
-            if step.kind == StepKind::Load && info.step.name.is_some() {
-                return Err(Error::config(
-                    at("config.registerAs"),
-                    Some(info.step.clone()),
-                    "a load step produces no relation to register",
-                ));
-            }
-            if let Some(name) = &info.step.name {
-                if !is_identifier(name) {
-                    return Err(Error::config(
-                        at("config.registerAs"),
-                        Some(info.step.clone()),
-                        format!("\"{name}\" is not a valid name: use letters, digits and _, not starting with a digit"),
-                    ));
-                }
-                if !names.insert(name.to_ascii_lowercase()) {
-                    return Err(Error::config(
-                        at("config.registerAs"),
-                        Some(info.step.clone()),
-                        format!("\"{name}\" is already registered by an earlier step"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl PipelineSpec {
-    /// The parsed `schedule` (read in `timezone`), `None` when there is none.
-    pub fn cron_schedule(&self) -> Result<Option<CronSchedule>> {
-        let Some(expr) = &self.schedule else {
-            if self.timezone.is_some() {
+    /// Checks what needs no connector (names, steps, scheduling, retry and
+    /// streaming keys) and parses it into the validated model.
+    fn validate(raw: RawPipeline, env_values: &EnvValues) -> Result<Self> {
+        check_pipeline_name(&raw.name)?;
+        check_has_steps(&raw)?;
+        let schedule = match &raw.schedule {
+            Some(expr) => Some(CronSchedule::parse(expr, raw.timezone.as_deref())?),
+            None if raw.timezone.is_some() => {
                 return Err(Error::config(
                     "timezone",
                     None,
                     "timezone only applies to a schedule; add \"schedule\"",
-                ));
+                ))
             }
-            return Ok(None);
+            None => None,
         };
-        CronSchedule::parse(expr, self.timezone.as_deref()).map(Some)
-    }
-
-    /// `trigger` and `checkpointLocation`, each from the top level or one
-    /// load step; an error if they are set in two places or in batch mode.
-    pub fn stream_settings(&self) -> Result<StreamSettings> {
-        let mut found: [Option<(String, Value)>; 2] = [
-            self.trigger.clone().map(|v| ("trigger".to_string(), v)),
-            self.checkpoint_location
-                .clone()
-                .map(|v| ("checkpointLocation".to_string(), Value::String(v))),
-        ];
-        for (index, step) in self.steps.iter().enumerate() {
-            for (slot, key) in found.iter_mut().zip(STREAM_KEYS) {
-                let Some(value) = step.config.get(key) else {
-                    continue;
-                };
-                let path = format!("steps[{index}].config.{key}");
-                if step.kind != StepKind::Load {
-                    return Err(Error::config(
-                        path,
-                        None,
-                        format!("{key} belongs in a load step or at the top level"),
-                    ));
-                }
-                if let Some((first, _)) = slot {
-                    return Err(Error::config(
-                        path,
-                        None,
-                        format!("{key} is already set at {first}"),
-                    ));
-                }
-                *slot = Some((path, value.clone()));
-            }
-        }
-        let [trigger, checkpoint] = found;
-        let mut settings = StreamSettings::default();
-        if let Some((path, value)) = trigger {
-            if self.mode != Mode::Streaming {
-                return Err(Error::config(
-                    path,
-                    None,
-                    "trigger only applies with \"mode\": \"streaming\"",
-                ));
-            }
-            settings.trigger = Trigger::parse(&value).map_err(|m| Error::config(path, None, m))?;
-        }
-        if let Some((path, value)) = checkpoint {
-            match value {
-                Value::String(dir) if !dir.trim().is_empty() => {
-                    settings.checkpoint_location = Some(dir)
-                }
-                _ => {
-                    return Err(Error::config(
-                        path,
-                        None,
-                        "checkpointLocation must be a directory path",
-                    ))
-                }
-            }
-        }
-        Ok(settings)
-    }
-
-    /// Checks the scheduling and retry keys.
-    fn check_operations(&self) -> Result<()> {
-        self.cron_schedule()?;
-        self.stream_settings()?;
-        if self.schedule.is_some() && self.mode != Mode::Batch {
-            return Err(Error::config(
-                "schedule",
-                None,
-                "only batch pipelines can be scheduled",
-            ));
-        }
-        let backoff = &self.retry_backoff;
-        if backoff.initial_ms == 0 {
-            return Err(Error::config(
-                "retryBackoff.initialMs",
-                None,
-                "must be at least 1",
-            ));
-        }
-        if backoff.max_ms < backoff.initial_ms {
-            return Err(Error::config(
-                "retryBackoff.maxMs",
-                None,
-                "must not be less than initialMs",
-            ));
-        }
-        Ok(())
+        let (trigger, checkpoint_location) = raw.stream_settings()?;
+        check_operations(&raw)?;
+        let steps = raw.step_infos(env_values)?;
+        check_steps(&steps)?;
+        Ok(PipelineSpec {
+            name: raw.name,
+            mode: raw.mode,
+            description: raw.description,
+            steps,
+            schedule,
+            overlap: raw.overlap,
+            catch_up: raw.catch_up,
+            retries: raw.retries,
+            retry_backoff: raw.retry_backoff,
+            trigger,
+            checkpoint_location,
+            env_values: env_values.clone(),
+        })
     }
 }
 
-/// The longest pipeline name: it becomes part of file names (state files)
+/// A pipeline has steps, and at least one of them loads.
+fn check_has_steps(raw: &RawPipeline) -> Result<()> {
+    if raw.steps.is_empty() {
+        return Err(Error::config(
+            "steps",
+            None,
+            "a pipeline needs at least one step",
+        ));
+    }
+    if !raw.steps.iter().any(|s| s.kind == StepKind::Load) {
+        return Err(Error::config(
+            "steps",
+            None,
+            "a pipeline needs at least one load step (toDeltaLake, toFiles, toConsole, ...)",
+        ));
+    }
+    Ok(())
+}
+
+/// Only batch pipelines are scheduled; retry delays are sane.
+fn check_operations(raw: &RawPipeline) -> Result<()> {
+    if raw.schedule.is_some() && raw.mode != Mode::Batch {
+        return Err(Error::config(
+            "schedule",
+            None,
+            "only batch pipelines can be scheduled",
+        ));
+    }
+    let backoff = &raw.retry_backoff;
+    if backoff.initial_ms == 0 {
+        return Err(Error::config(
+            "retryBackoff.initialMs",
+            None,
+            "must be at least 1",
+        ));
+    }
+    if backoff.max_ms < backoff.initial_ms {
+        return Err(Error::config(
+            "retryBackoff.maxMs",
+            None,
+            "must not be less than initialMs",
+        ));
+    }
+    Ok(())
+}
+
+/// `input` only where it means something; `registerAs` names valid,
+/// unique, and only on steps that produce a relation.
+fn check_steps(steps: &[StepInfo]) -> Result<()> {
+    let mut names = HashSet::new();
+    for info in steps {
+        let at = |key: &str| format!("steps[{}].{key}", info.step.index);
+        let fail = |key: &str, message: String| {
+            Err(Error::config(at(key), Some(info.step.clone()), message))
+        };
+        if info.kind == StepKind::Extract && info.input.is_some() {
+            return fail(
+                "input",
+                "an extract step reads from its source, it takes no input".into(),
+            );
+        }
+        let Some(name) = &info.step.name else {
+            continue;
+        };
+        if info.kind == StepKind::Load {
+            return fail(
+                "config.registerAs",
+                "a load step produces no relation to register".into(),
+            );
+        }
+        if !is_identifier(name) {
+            return fail(
+                "config.registerAs",
+                format!("\"{name}\" is not a valid name: use letters, digits and _, not starting with a digit"),
+            );
+        }
+        if !names.insert(name.to_ascii_lowercase()) {
+            return fail(
+                "config.registerAs",
+                format!("\"{name}\" is already registered by an earlier step"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The longest pipeline name: it becomes part of file names (offset logs)
 /// and Delta transaction ids.
 const MAX_NAME_CHARS: usize = 100;
 
@@ -504,6 +305,9 @@ const MAX_NAME_CHARS: usize = 100;
 /// transaction ids (`dataflow/<pipeline>/...`): printable characters only,
 /// no path separators, no surrounding spaces.
 fn check_pipeline_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::config("name", None, "name must not be empty"));
+    }
     let bad = name
         .chars()
         .find(|&c| c.is_control() || c == '/' || c == '\\');
@@ -535,6 +339,8 @@ fn is_identifier(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {
@@ -560,7 +366,7 @@ mod tests {
     fn parses_steps_and_common_keys() {
         let spec = load(OK).unwrap();
         assert_eq!(spec.mode, Mode::Batch);
-        let infos = spec.step_infos().unwrap();
+        let infos = &spec.steps;
         assert_eq!(infos[0].step.name.as_deref(), Some("a"));
         assert!(infos[0].cache);
         assert_eq!(infos[0].config.len(), 1);
@@ -644,11 +450,35 @@ mod tests {
             r#""schedule": "*/5 * * * * *", "timezone": "Europe/Paris", "overlap": "queue", "catchUp": "once", "retries": 3"#,
         )
         .unwrap();
-        assert!(spec.cron_schedule().unwrap().is_some());
+        assert!(spec.schedule.is_some());
         assert_eq!(spec.overlap, Overlap::Queue);
         assert_eq!(spec.catch_up, CatchUp::Once);
         assert_eq!(spec.retries, 3);
         assert_eq!(spec.retry_backoff, Backoff::default());
+    }
+
+    #[test]
+    fn parses_streaming_keys_once_at_load() {
+        let text = r#"{"name": "p", "mode": "streaming", "steps": [
+            {"type": "extract", "method": "fromKafka", "config": {}},
+            {"type": "load", "method": "toFiles", "config": {"trigger": "5 seconds", "checkpointLocation": "ckpt", "path": "out"}}]}"#;
+        let spec = load(text).unwrap();
+        assert_eq!(
+            spec.trigger,
+            Trigger::ProcessingTime(Duration::from_secs(5))
+        );
+        assert_eq!(spec.checkpoint_location.as_deref(), Some("ckpt"));
+        let keys: Vec<&String> = spec.steps[1].config.keys().collect();
+        assert_eq!(keys, ["path"]);
+        let batch = text.replace("\"streaming\"", "\"batch\"");
+        assert_eq!(
+            config_path(load(&batch).unwrap_err()),
+            "steps[1].config.trigger"
+        );
+        let twice = text.replace("\"steps\"", "\"trigger\": \"once\", \"steps\"");
+        let err = load(&twice).unwrap_err();
+        assert!(err.to_string().contains("already set at trigger"), "{err}");
+        assert_eq!(config_path(err), "steps[1].config.trigger");
     }
 
     #[test]
@@ -666,7 +496,7 @@ mod tests {
             path: String,
         }
         let spec = load(OK).unwrap();
-        let mut info = spec.step_infos().unwrap().remove(0);
+        let mut info = spec.steps[0].clone();
         info.config.insert("pth".into(), Value::from(1));
         let err = info.parse::<Cfg>().unwrap_err();
         assert!(err.to_string().contains("unknown field `pth`"), "{err}");

@@ -5,41 +5,40 @@
 //! for other sinks), so a restarted pipeline resumes exactly after the last
 //! committed batch.
 
-mod trigger;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
 
-pub use trigger::{parse_duration, Trigger};
-
 use crate::connector::{Registry, Resume, Sink, Source};
 use crate::error::{Error, Result};
 use crate::ops::shutdown::Shutdown;
-use crate::plan::{resume_point, OpenedSource, OpenedTable, Pipeline};
-use crate::spec::PipelineSpec;
-use crate::state_file::StateFile;
+use crate::pipeline::Pipeline;
+use crate::plan::{build_sink, build_source, Opening};
+use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
+use crate::run::RunSummary;
+use crate::spec::{PipelineSpec, StepInfo, Trigger};
 
 /// How long an idle stream waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// What a stream keeps from one micro-batch to the next.
 #[derive(Default)]
-pub(crate) struct StreamState {
+struct StreamState {
     /// Sources by step index, built once.
-    pub sources: HashMap<usize, Arc<dyn Source>>,
+    sources: HashMap<usize, Arc<dyn Source>>,
     /// Sinks by step index, built once.
-    pub sinks: HashMap<usize, Arc<dyn Sink>>,
+    sinks: HashMap<usize, Arc<dyn Sink>>,
     /// Static sources' rows, read once.
     statics: HashMap<usize, Arc<dyn TableProvider>>,
     /// Per streaming source: where its next batch starts.
-    positions: HashMap<usize, Resume>,
+    positions: HashMap<usize, Position>,
     /// Per streaming source: the positions not to read beyond (availableNow).
     until: HashMap<usize, HashMap<String, i64>>,
     /// Apply the sources' per-trigger limits.
@@ -50,68 +49,105 @@ pub(crate) struct StreamState {
     checkpoint: Option<PathBuf>,
 }
 
-impl StreamState {
-    /// Opens `source` for the next batch: a static source's rows are read
-    /// into memory the first time; a streaming source resumes where the
-    /// last batch ended (first: where the sinks or the offset log say).
-    pub(crate) async fn open<'a>(
+/// Where a streaming source's next batch starts, and the offset log its
+/// batches are recorded in when the sinks do not record them.
+struct Position {
+    resume: Resume,
+    log: Option<OffsetLog>,
+}
+
+#[async_trait]
+impl Opening for StreamState {
+    fn sink(&mut self, info: &StepInfo, registry: &Registry) -> Result<Arc<dyn Sink>> {
+        built_once(&mut self.sinks, info, || build_sink(info, registry))
+    }
+
+    fn source(&mut self, info: &StepInfo, registry: &Registry) -> Result<Arc<dyn Source>> {
+        built_once(&mut self.sources, info, || build_source(info, registry))
+    }
+
+    /// A static source's rows are read into memory the first time; a
+    /// streaming source resumes where the last batch ended (first: where
+    /// the sinks or the offset log say).
+    async fn open(
         &mut self,
         source: &OpenedSource,
         ctx: &SessionContext,
-        sinks: impl Iterator<Item = &'a Arc<dyn Sink>>,
+        sinks: &[Arc<dyn Sink>],
+    ) -> Result<OpenedTable> {
+        if source.source.is_stream() {
+            self.open_stream(source, ctx, sinks).await
+        } else {
+            self.open_static(source, ctx, sinks).await
+        }
+    }
+}
+
+/// The value kept for `info`'s step in `built`, built the first time.
+fn built_once<T: Clone>(
+    built: &mut HashMap<usize, T>,
+    info: &StepInfo,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if let Some(value) = built.get(&info.step.index) {
+        return Ok(value.clone());
+    }
+    let value = build()?;
+    built.insert(info.step.index, value.clone());
+    Ok(value)
+}
+
+impl StreamState {
+    /// The state of a stream of `spec`, before its first batch.
+    fn new(spec: &PipelineSpec) -> Self {
+        StreamState {
+            micro_batch: spec.trigger != Trigger::Once,
+            available_now: spec.trigger == Trigger::AvailableNow,
+            checkpoint: spec.checkpoint_location.as_ref().map(PathBuf::from),
+            ..StreamState::default()
+        }
+    }
+
+    /// A static source, read whole into memory on the first batch.
+    async fn open_static(
+        &mut self,
+        source: &OpenedSource,
+        ctx: &SessionContext,
+        sinks: &[Arc<dyn Sink>],
     ) -> Result<OpenedTable> {
         let index = source.step.index;
-        if !source.source.is_stream() {
-            if let Some(table) = self.statics.get(&index) {
-                return Ok(OpenedTable {
-                    table: table.clone(),
-                    marks: Vec::new(),
-                    start: HashMap::new(),
-                });
-            }
-            let resume = resume_point(source, sinks).await?;
-            let opened = source.open(ctx, resume).await?;
-            let schema = opened.table.schema();
-            let rows = ctx
-                .read_table(opened.table)?
-                .collect()
-                .await
-                .map_err(|e| Error::step(&source.step, e))?;
-            let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![rows])?);
-            self.statics.insert(index, table.clone());
-            return Ok(OpenedTable {
-                table,
-                marks: Vec::new(),
-                start: HashMap::new(),
-            });
+        if let Some(table) = self.statics.get(&index) {
+            return Ok(OpenedTable::whole(table.clone()));
         }
-        let (mut resume, catch_up) = match self.positions.get(&index) {
-            Some(resume) => (resume.clone(), HashMap::new()),
-            None => {
-                let mut resume = resume_point(source, sinks).await?;
-                // Sinks left apart by a stop between their commits: the
-                // first batch reads exactly up to where the ones ahead are.
-                let catch_up = std::mem::take(&mut resume.until);
-                if !resume.recorded_by_sinks {
-                    if let Some(dir) = &self.checkpoint {
-                        resume.marks = StateFile::new(dir, source.scope())
-                            .load()?
-                            .into_iter()
-                            .collect();
-                    }
-                }
-                if self.available_now {
-                    let latest = source
-                        .source
-                        .latest()
-                        .await
-                        .map_err(|e| Error::from_connector(&source.step, e))?;
-                    self.until.insert(index, latest);
-                }
-                self.positions.insert(index, resume.clone());
-                (resume, catch_up)
-            }
+        // Read once: its positions are never stored.
+        let (resume, _) = resume_with_log(source, sinks, None).await?;
+        let opened = source.open(ctx, resume).await?;
+        let schema = opened.table.schema();
+        let rows = ctx
+            .read_table(opened.table)?
+            .collect()
+            .await
+            .map_err(|e| Error::step(&source.step, e))?;
+        let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![rows])?);
+        self.statics.insert(index, table.clone());
+        Ok(OpenedTable::whole(table))
+    }
+
+    /// A streaming source, from where the last batch ended.
+    async fn open_stream(
+        &mut self,
+        source: &OpenedSource,
+        ctx: &SessionContext,
+        sinks: &[Arc<dyn Sink>],
+    ) -> Result<OpenedTable> {
+        let index = source.step.index;
+        let catch_up = if self.positions.contains_key(&index) {
+            HashMap::new()
+        } else {
+            self.first_position(source, sinks).await?
         };
+        let position = &self.positions[&index];
+        let mut resume = position.resume.clone();
         resume.micro_batch = self.micro_batch;
         resume.until = self.until.get(&index).cloned().unwrap_or_default();
         if !catch_up.is_empty() {
@@ -122,23 +158,44 @@ impl StreamState {
                 *until = (*until).min(bound);
             }
         }
-        source.open(ctx, resume).await
+        let log = position.log.clone();
+        let mut table = source.open(ctx, resume).await?;
+        table.offset_log = log;
+        Ok(table)
     }
 
-    /// Records that `pipeline`'s batch committed: the next one starts where
-    /// it ended; the offset log is updated when the sinks do not record
-    /// positions themselves.
-    fn advance(&mut self, pipeline: &Pipeline) -> Result<()> {
+    /// Where a streaming source's first batch starts: where the sinks or
+    /// the offset log say. Returns the bounds of a catch-up batch (sinks
+    /// left apart by a stop between their commits: the first batch reads
+    /// exactly up to where the ones ahead are).
+    async fn first_position(
+        &mut self,
+        source: &OpenedSource,
+        sinks: &[Arc<dyn Sink>],
+    ) -> Result<HashMap<String, i64>> {
+        let index = source.step.index;
+        let (mut resume, log) = resume_with_log(source, sinks, self.checkpoint.as_deref()).await?;
+        let catch_up = std::mem::take(&mut resume.until);
+        if self.available_now {
+            let latest = source
+                .source
+                .latest()
+                .await
+                .map_err(|e| Error::from_connector(&source.step, e))?;
+            self.until.insert(index, latest);
+        }
+        self.positions.insert(index, Position { resume, log });
+        Ok(catch_up)
+    }
+
+    /// Records that `pipeline`'s batch committed (its offset logs already
+    /// stored): the next one starts where it ended.
+    fn advance(&mut self, pipeline: &Pipeline) {
         for source in pipeline.sources.iter().filter(|s| s.source.is_stream()) {
-            let Some(resume) = self.positions.get_mut(&source.step.index) else {
-                continue;
-            };
-            resume.marks.extend(source.marks.iter().cloned());
-            if let (false, Some(dir)) = (resume.recorded_by_sinks, &self.checkpoint) {
-                StateFile::new(dir, source.scope()).store(&source.marks)?;
+            if let Some(position) = self.positions.get_mut(&source.step.index) {
+                position.resume.marks.extend(source.marks.iter().cloned());
             }
         }
-        Ok(())
     }
 }
 
@@ -255,14 +312,7 @@ pub async fn run_stream(
     shutdown: Shutdown,
     mut on_batch: impl FnMut(&BatchReport),
 ) -> Result<StreamSummary> {
-    let settings = spec.stream_settings()?;
-    let trigger = settings.trigger;
-    let mut state = StreamState {
-        micro_batch: trigger != Trigger::Once,
-        available_now: trigger == Trigger::AvailableNow,
-        checkpoint: settings.checkpoint_location.map(PathBuf::from),
-        ..StreamState::default()
-    };
+    let mut state = StreamState::new(spec);
     let started = Instant::now();
     let mut summary = StreamSummary {
         pipeline: spec.name.clone(),
@@ -278,19 +328,8 @@ pub async fn run_stream(
             break;
         }
         let batch_started = Instant::now();
-        let pipeline = Pipeline::compile_with(spec, registry, Some(&mut state)).await?;
-        let streams: Vec<&OpenedSource> = pipeline
-            .sources
-            .iter()
-            .filter(|s| s.source.is_stream())
-            .collect();
-        if streams.is_empty() {
-            return Err(Error::config(
-                "mode",
-                None,
-                "a streaming pipeline needs a streaming extract step (fromKafka); use \"mode\": \"batch\" for the others",
-            ));
-        }
+        let pipeline = Pipeline::compile_with(spec, registry, &mut state).await?;
+        let streams = streaming_sources(&pipeline)?;
         let new_data = streams
             .iter()
             .any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
@@ -302,30 +341,14 @@ pub async fn run_stream(
                 }
                 run => run?,
             };
-            state.advance(&pipeline)?;
+            state.advance(&pipeline);
             summary.batches += 1;
-            let mut report = BatchReport {
-                id: summary.batches,
-                rows_in: 0,
-                rows_out: run.steps.iter().filter_map(|s| s.rows).sum(),
-                sources: Vec::new(),
-                duration: batch_started.elapsed(),
-                commit: run.commit,
-            };
-            for source in streams {
-                report.sources.push(progress(source).await?);
-            }
-            report.rows_in = report
-                .sources
-                .iter()
-                .flat_map(|s| &s.partitions)
-                .map(|p| p.end - p.start)
-                .sum();
+            let report = batch_report(summary.batches, &run, &streams, batch_started).await?;
             summary.rows_in += report.rows_in;
             summary.rows_out += report.rows_out;
             on_batch(&report);
         }
-        let wait = match trigger {
+        let wait = match spec.trigger {
             Trigger::Once => break,
             Trigger::AvailableNow if new_data => continue,
             Trigger::AvailableNow => break,
@@ -345,6 +368,50 @@ pub async fn run_stream(
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The pipeline's streaming sources; an error if it has none.
+fn streaming_sources(pipeline: &Pipeline) -> Result<Vec<&OpenedSource>> {
+    let streams: Vec<&OpenedSource> = pipeline
+        .sources
+        .iter()
+        .filter(|s| s.source.is_stream())
+        .collect();
+    if streams.is_empty() {
+        return Err(Error::config(
+            "mode",
+            None,
+            "a streaming pipeline needs a streaming extract step (fromKafka); use \"mode\": \"batch\" for the others",
+        ));
+    }
+    Ok(streams)
+}
+
+/// What committed batch `id` (`run`, started at `started`) did.
+async fn batch_report(
+    id: u64,
+    run: &RunSummary,
+    streams: &[&OpenedSource],
+    started: Instant,
+) -> Result<BatchReport> {
+    // The batch ends at its commit; measuring the lag is not part of it.
+    let duration = started.elapsed();
+    let mut sources = Vec::with_capacity(streams.len());
+    for source in streams {
+        sources.push(progress(source).await?);
+    }
+    Ok(BatchReport {
+        id,
+        rows_in: sources
+            .iter()
+            .flat_map(|s| &s.partitions)
+            .map(|p| p.end - p.start)
+            .sum(),
+        rows_out: run.steps.iter().filter_map(|s| s.rows).sum(),
+        sources,
+        duration,
+        commit: run.commit,
+    })
 }
 
 /// The ranges a committed batch read from `source`, and the lag after it.

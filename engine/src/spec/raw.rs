@@ -1,0 +1,181 @@
+//! The pipeline file as written: the serde model that
+//! [`PipelineSpec::load`](super::PipelineSpec::load) reads and then turns
+//! into the validated model. Nothing outside `spec` sees these types.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::step::StepInfo;
+use super::trigger::Trigger;
+use super::{Backoff, CatchUp, EnvValues, Mode, Overlap, StepKind};
+use crate::error::{Error, Result, StepRef};
+
+/// Keys of a load step's config that are the pipeline's streaming settings.
+const STREAM_KEYS: [&str; 2] = ["trigger", "checkpointLocation"];
+
+/// A whole pipeline as written in its JSON file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPipeline {
+    pub name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub steps: Vec<RawStep>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    #[serde(default, rename = "catchUp")]
+    pub catch_up: CatchUp,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default, rename = "retryBackoff")]
+    pub retry_backoff: Backoff,
+    #[serde(default)]
+    pub trigger: Option<Value>,
+    #[serde(default, rename = "checkpointLocation")]
+    pub checkpoint_location: Option<String>,
+}
+
+/// One step as written: `{"type", "method", "input"?, "config"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStep {
+    #[serde(rename = "type")]
+    pub kind: StepKind,
+    pub method: String,
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub config: Map<String, Value>,
+}
+
+impl RawPipeline {
+    /// `trigger` and `checkpointLocation`, each from the top level or one
+    /// load step; an error if they are set in two places, or a trigger in
+    /// batch mode.
+    pub fn stream_settings(&self) -> Result<(Trigger, Option<String>)> {
+        let [trigger, checkpoint] = self.stream_keys()?;
+        let trigger = match trigger {
+            None => Trigger::default(),
+            Some((path, _)) if self.mode != Mode::Streaming => {
+                return Err(Error::config(
+                    path,
+                    None,
+                    "trigger only applies with \"mode\": \"streaming\"",
+                ))
+            }
+            Some((path, value)) => {
+                Trigger::parse(&value).map_err(|m| Error::config(path, None, m))?
+            }
+        };
+        let checkpoint = match checkpoint {
+            None => None,
+            Some((_, Value::String(dir))) if !dir.trim().is_empty() => Some(dir),
+            Some((path, _)) => {
+                return Err(Error::config(
+                    path,
+                    None,
+                    "checkpointLocation must be a directory path",
+                ))
+            }
+        };
+        Ok((trigger, checkpoint))
+    }
+
+    /// Where each of [`STREAM_KEYS`] is set (JSON path and value), if it is.
+    fn stream_keys(&self) -> Result<[Option<(String, Value)>; 2]> {
+        let mut found: [Option<(String, Value)>; 2] = [
+            self.trigger.clone().map(|v| ("trigger".to_string(), v)),
+            self.checkpoint_location
+                .clone()
+                .map(|v| ("checkpointLocation".to_string(), Value::String(v))),
+        ];
+        for (index, step) in self.steps.iter().enumerate() {
+            for (slot, key) in found.iter_mut().zip(STREAM_KEYS) {
+                let Some(value) = step.config.get(key) else {
+                    continue;
+                };
+                let path = format!("steps[{index}].config.{key}");
+                if step.kind != StepKind::Load {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        format!("{key} belongs in a load step or at the top level"),
+                    ));
+                }
+                if let Some((first, _)) = slot {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        format!("{key} is already set at {first}"),
+                    ));
+                }
+                *slot = Some((path, value.clone()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Splits every step's common keys (`registerAs`, `cache`) from its
+    /// method-specific ones.
+    pub fn step_infos(&self, env_values: &EnvValues) -> Result<Vec<StepInfo>> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| step.info(index, self.mode, env_values))
+            .collect()
+    }
+}
+
+impl RawStep {
+    fn info(&self, index: usize, mode: Mode, env_values: &EnvValues) -> Result<StepInfo> {
+        let mut config = self.config.clone();
+        let path = |key: &str| format!("steps[{index}].config.{key}");
+        let partial = StepRef {
+            index,
+            method: self.method.clone(),
+            name: None,
+        };
+        let name = match config.remove("registerAs") {
+            None => None,
+            Some(Value::String(name)) => Some(name),
+            Some(_) => {
+                return Err(Error::config(
+                    path("registerAs"),
+                    Some(partial),
+                    "registerAs must be a string",
+                ))
+            }
+        };
+        if self.kind == StepKind::Load {
+            for key in STREAM_KEYS {
+                config.remove(key);
+            }
+        }
+        let cache = match config.remove("cache") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(Error::config(
+                    path("cache"),
+                    Some(partial),
+                    "cache must be true or false",
+                ))
+            }
+        };
+        Ok(StepInfo {
+            step: StepRef { name, ..partial },
+            kind: self.kind,
+            input: self.input.clone(),
+            cache,
+            mode,
+            config,
+            env_values: env_values.clone(),
+        })
+    }
+}
