@@ -6,6 +6,7 @@
 //! commit through a shared [`commit::CommitGate`].
 
 pub mod cache;
+pub mod classify;
 pub mod commit;
 pub mod connector;
 pub mod error;
