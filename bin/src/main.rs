@@ -288,6 +288,12 @@ fn display(path: &Path) -> String {
 }
 
 fn main() -> ExitCode {
+    // Library errors (delta-rs's kernel, DataFusion) capture a backtrace
+    // when RUST_BACKTRACE is set and print it as part of their message; an
+    // error shown to the user never carries one. Panics keep theirs:
+    // RUST_LIB_BACKTRACE only governs `Backtrace::capture`. Set before any
+    // other thread starts.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

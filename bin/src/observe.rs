@@ -85,7 +85,7 @@ impl Observer {
             on_batch(batch);
         })
         .await;
-        let status = run.finish(&result);
+        let status = run.finish(&result, registry.classifier());
         self.metrics.run_ended(&spec.name, status);
         result
     }

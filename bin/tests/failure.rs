@@ -70,6 +70,46 @@ fn missing_input_is_a_clear_runtime_error() {
     assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
 }
 
+#[test]
+fn no_backtrace_in_errors_even_with_rust_backtrace_set() {
+    let out = tempfile::tempdir().unwrap();
+    // Delta has no unsigned types: delta-rs refuses the column with an
+    // error that captures a backtrace when RUST_BACKTRACE is set.
+    let config = r#"{"name": "unsigned", "steps": [
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT arrow_cast(1, 'UInt16') AS x", "registerAs": "rows"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/unsigned"}}
+    ]}"#;
+    let file = write_config(out.path(), "unsigned.json", config);
+    for setting in ["1", "full"] {
+        let result: Run = cli(out.path())
+            .args(["run", &file])
+            .env("RUST_BACKTRACE", setting)
+            .output()
+            .expect("run-pipeline starts")
+            .into();
+        assert_eq!(result.code, 1, "{}", result.stderr);
+        assert!(
+            result.stderr.contains("steps[1] (toDeltaLake) failed")
+                && result.stderr.contains("UInt16"),
+            "the step and the cause are named:\n{}",
+            result.stderr
+        );
+        for trace in [
+            "stack backtrace",
+            "backtrace:",
+            "std::backtrace",
+            "   0: ",
+            "at /rustc/",
+        ] {
+            assert!(
+                !result.stderr.contains(trace),
+                "RUST_BACKTRACE={setting}: no backtrace ({trace:?}) in:\n{}",
+                result.stderr
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn ctrl_c_cancels_every_load_without_committing() {
     let out = tempfile::tempdir().unwrap();

@@ -2,15 +2,19 @@
 
 use datafusion::error::DataFusionError;
 use deltalake::DeltaTableError;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio_postgres::error::SqlState;
 
 /// Errors raised by sources and sinks at run time.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    /// Planning or execution failed inside DataFusion.
-    #[error(transparent)]
+    /// Planning or execution failed inside DataFusion (the source, so that
+    /// its codes can be classified).
+    #[error("{0}")]
     DataFusion(#[from] DataFusionError),
-    /// delta-rs reported a failure.
-    #[error(transparent)]
+    /// delta-rs reported a failure (the source, so that its commit
+    /// conflicts can be classified).
+    #[error("{0}")]
     Delta(#[from] DeltaTableError),
     /// A local file operation failed.
     #[error("{context}: {source}")]
@@ -32,10 +36,25 @@ pub enum ConnectorError {
         /// What was being done, e.g. `connecting to app@db:5432/sales`.
         context: String,
         /// The server's or the client library's explanation, redacted.
+        /// (The library's error itself is not kept: its text may hold the
+        /// password.)
         message: String,
+        /// The server's SQLSTATE, when it sent one.
+        code: Option<SqlState>,
         /// The connection was lost or refused (worth retrying), as opposed
         /// to a query the server rejected.
         retryable: bool,
+    },
+    /// A Kafka client call failed; the message is redacted (no `kafka.*`
+    /// value) where the client library could echo one.
+    #[error("{context}: {message}")]
+    Kafka {
+        /// What was being done, naming the brokers or the partition.
+        context: String,
+        /// librdkafka's explanation.
+        message: String,
+        /// librdkafka's code, when it gave one.
+        code: Option<RDKafkaErrorCode>,
     },
     /// Another sink failed or the run was cancelled; nothing was committed.
     #[error(transparent)]
@@ -50,10 +69,12 @@ impl ConnectorError {
             ConnectorError::Postgres {
                 context: before,
                 message,
+                code,
                 retryable,
             } => ConnectorError::Postgres {
                 context: format!("{before}{context}"),
                 message: format!("{message}{note}"),
+                code,
                 retryable,
             },
             other => other,

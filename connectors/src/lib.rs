@@ -3,6 +3,7 @@
 //! Each connector is one module with its typed config; [`registry`] is the
 //! one place that maps method names to them.
 
+mod classify;
 mod console;
 mod delta;
 mod error;
@@ -31,4 +32,5 @@ pub fn registry() -> Registry {
         .sink("toKafka", kafka::sink)
         .sink("toConsole", console::sink)
         .extension_planner(DeltaExtensionPlanner::new())
+        .error_classifier(classify::classify_link)
 }

@@ -12,12 +12,13 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
 use datafusion::physical_planner::ExtensionPlanner;
 
+use crate::classify::{Classifier, LinkClassifier};
 use crate::commit::CommitGate;
 use crate::error::Result;
 use crate::spec::StepInfo;
 
 /// Errors crossing the connector seam; the engine attaches the step.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::error::BoxError;
 
 /// A position a source reached (a high-water mark, a Kafka offset),
 /// recorded atomically with a sink's data: Delta's `txn` action, appId →
@@ -172,6 +173,7 @@ pub struct Registry {
     sources: BTreeMap<&'static str, SourceFactory>,
     sinks: BTreeMap<&'static str, SinkFactory>,
     extension_planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
+    classifier: Classifier,
 }
 
 impl fmt::Debug for Registry {
@@ -205,6 +207,18 @@ impl Registry {
     pub fn extension_planner(mut self, planner: Arc<dyn ExtensionPlanner + Send + Sync>) -> Self {
         self.extension_planners.push(planner);
         self
+    }
+
+    /// Adds a classifier for the connectors' own error types (their
+    /// libraries' codes), asked about every link of a failure's chain.
+    pub fn error_classifier(mut self, classify: LinkClassifier) -> Self {
+        self.classifier = self.classifier.with(classify);
+        self
+    }
+
+    /// Classifies failures with the engine's rules and the connectors'.
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
     }
 
     pub(crate) fn source_factory(&self, method: &str) -> Option<SourceFactory> {

@@ -10,6 +10,9 @@ use std::fmt;
 
 use datafusion::error::DataFusionError;
 
+/// A boxed error of any type: the cause of a failed step.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Result alias used throughout the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -59,12 +62,14 @@ pub enum Error {
         source: DataFusionError,
     },
     /// A step failed while running (missing input, unreadable row, I/O).
-    #[error("{step} failed: {message}")]
+    #[error("{step} failed: {source}")]
     Step {
         /// The failing step.
         step: StepRef,
-        /// The cause, with secrets already redacted.
-        message: String,
+        /// The cause, typed, so that [`crate::classify`] can read its codes;
+        /// connectors redact secrets from what their errors display.
+        #[source]
+        source: BoxError,
     },
     /// The run was interrupted (Ctrl-C / SIGTERM) before it committed.
     #[error("run cancelled before commit; no table was changed")]
@@ -104,17 +109,17 @@ impl Error {
         }
     }
 
-    /// A run-time failure of `step`.
-    pub fn step(step: &StepRef, message: impl fmt::Display) -> Self {
+    /// A run-time failure of `step` caused by `cause` (an error, or text).
+    pub fn step(step: &StepRef, cause: impl Into<BoxError>) -> Self {
         Error::Step {
             step: step.clone(),
-            message: message.to_string(),
+            source: cause.into(),
         }
     }
 
     /// Attributes an error from a connector to `step`; an engine [`Error`]
     /// raised by the connector itself (a config error found late) is kept.
-    pub fn from_connector(step: &StepRef, err: Box<dyn std::error::Error + Send + Sync>) -> Self {
+    pub fn from_connector(step: &StepRef, err: BoxError) -> Self {
         match err.downcast::<Error>() {
             Ok(err) => *err,
             Err(err) => Error::step(step, err),

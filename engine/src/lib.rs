@@ -8,6 +8,7 @@
 //! left off ([`resume`]).
 
 pub mod cache;
+pub mod classify;
 pub mod commit;
 pub mod connector;
 pub mod error;

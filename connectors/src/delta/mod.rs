@@ -9,7 +9,7 @@ mod gated_store;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use dataflow_engine::connector::{
     BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
@@ -20,7 +20,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
-use deltalake::operations::merge::MergeBuilder;
+use deltalake::operations::merge::{MergeBuilder, MergeMetrics};
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -405,8 +405,8 @@ impl DeltaSink {
                 .iter()
                 .fold(i, |i, c| i.set(c.as_str(), format!("source.{}", quote(c))))
         })?;
-        let (merged, _metrics) = builder.await?;
-        report(&merged).await
+        let (merged, metrics) = builder.await?;
+        merge_report(table, &merged, &metrics)
     }
 }
 
@@ -479,7 +479,42 @@ fn commit_properties(marks: &[Mark]) -> CommitProperties {
     )
 }
 
-/// The summary line of the commit that produced `table`'s current version.
+/// The summary of a MERGE from delta-rs's metrics: the rows inserted,
+/// updated and deleted, and the bytes of the files it added (those in
+/// `after` but not in `before`).
+fn merge_report(
+    before: &DeltaTable,
+    after: &DeltaTable,
+    metrics: &MergeMetrics,
+) -> Result<SinkReport> {
+    let existing: HashSet<String> = before
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|file| file.path().into_owned())
+        .collect();
+    let bytes = after
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|file| !existing.contains(file.path().as_ref()))
+        .map(|file| u64::try_from(file.size()).unwrap_or(0))
+        .sum();
+    let version = after.version().unwrap_or_default();
+    let (ins, upd, del) = (
+        metrics.num_target_rows_inserted as u64,
+        metrics.num_target_rows_updated as u64,
+        metrics.num_target_rows_deleted as u64,
+    );
+    Ok(SinkReport {
+        rows: ins + upd + del,
+        bytes,
+        detail: format!("delta version {version}: {ins} inserted, {upd} updated, {del} deleted"),
+    })
+}
+
+/// The summary of the write that produced `table`'s current version, read
+/// from its commit (delta-rs's `WriteBuilder` returns no metrics).
 async fn report(table: &DeltaTable) -> Result<SinkReport> {
     let version = table.version().unwrap_or_default();
     let Some(entry) = table.log_store().read_commit_entry(version).await? else {
@@ -500,25 +535,10 @@ async fn report(table: &DeltaTable) -> Result<SinkReport> {
             metrics = m.clone();
         }
     }
-    let metric = |name: &str| metrics[name].as_u64().unwrap_or(0);
-    let (rows, detail) = if metrics.get("num_target_rows_inserted").is_some() {
-        let (ins, upd, del) = (
-            metric("num_target_rows_inserted"),
-            metric("num_target_rows_updated"),
-            metric("num_target_rows_deleted"),
-        );
-        (
-            ins + upd + del,
-            format!("delta version {version}: {ins} inserted, {upd} updated, {del} deleted"),
-        )
-    } else {
-        let rows = metrics["num_added_rows"].as_u64().unwrap_or(stats_rows);
-        (rows, format!("delta version {version}"))
-    };
     Ok(SinkReport {
-        rows,
+        rows: metrics["num_added_rows"].as_u64().unwrap_or(stats_rows),
         bytes,
-        detail,
+        detail: format!("delta version {version}"),
     })
 }
 

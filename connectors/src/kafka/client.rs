@@ -99,9 +99,10 @@ impl ClientSettings {
         config: &ClientConfig,
         doing: &str,
     ) -> Result<T> {
-        config
-            .create_with_context(Context)
-            .map_err(|e| kafka_error(doing, &self.bootstrap_servers, self.describe(&e)))
+        config.create_with_context(Context).map_err(|e| {
+            let code = e.rdkafka_error_code();
+            kafka_failure(doing, &self.bootstrap_servers, self.describe(&e), code)
+        })
     }
 
     /// Takes the `kafka.*` keys out of `info`'s config (so the typed config
@@ -215,9 +216,26 @@ impl ConsumerContext for Context {}
 /// A consumer with [`Context`].
 pub(crate) type Consumer = BaseConsumer<Context>;
 
-/// A Kafka failure as a connector error naming the brokers and the action.
-pub(crate) fn kafka_error(doing: &str, servers: &str, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Rejected(format!("Kafka at {servers}: {doing}: {e}"))
+/// A Kafka failure as a connector error naming the brokers and the action,
+/// keeping librdkafka's code (it decides whether a retry may help).
+pub(crate) fn kafka_error(doing: &str, servers: &str, e: KafkaError) -> ConnectorError {
+    let code = e.rdkafka_error_code();
+    kafka_failure(doing, servers, e, code)
+}
+
+/// A Kafka failure explained by `message`, with librdkafka's `code` when
+/// there is one.
+pub(crate) fn kafka_failure(
+    doing: &str,
+    servers: &str,
+    message: impl std::fmt::Display,
+    code: Option<RDKafkaErrorCode>,
+) -> ConnectorError {
+    ConnectorError::Kafka {
+        context: format!("Kafka at {servers}: {doing}"),
+        message: message.to_string(),
+        code,
+    }
 }
 
 /// Runs a blocking client call off the async threads.

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::client::{ClientSettings, Consumer as KafkaConsumer, Context};
 use super::decode::{BadRecord, Format, Pending};
+use crate::error::ConnectorError;
 use crate::scan_exec::PartitionReader;
 
 /// A read that makes no progress for this long fails (the broker is gone).
@@ -103,14 +104,21 @@ impl PartitionReader for RangeRead {
 }
 
 impl RangeRead {
-    fn error(&self, offset: i64, message: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::External(
-            format!(
-                "reading Kafka {}/{} at offset {offset}: {message}",
+    /// A failed read at `offset`, with librdkafka's `code` when known.
+    fn error(
+        &self,
+        offset: i64,
+        message: impl std::fmt::Display,
+        code: Option<RDKafkaErrorCode>,
+    ) -> DataFusionError {
+        DataFusionError::External(Box::new(ConnectorError::Kafka {
+            context: format!(
+                "reading Kafka {}/{} at offset {offset}",
                 self.topic, self.partition
-            )
-            .into(),
-        )
+            ),
+            message: message.to_string(),
+            code,
+        }))
     }
 
     fn run(
@@ -133,23 +141,31 @@ impl RangeRead {
                 .range_reader_config("dataflow-reader", quick)
                 .set("auto.offset.reset", "error")
                 .create_with_context(Context)
-                .map_err(|e| self.error(cursor.next, client.describe(&e)))?;
+                .map_err(|e| {
+                    let code = e.rdkafka_error_code();
+                    self.error(cursor.next, client.describe(&e), code)
+                })?;
             let mut assignment = TopicPartitionList::new();
             assignment
                 .add_partition_offset(&self.topic, self.partition, Offset::Offset(cursor.next))
                 .and_then(|_| consumer.assign(&assignment))
-                .map_err(|e| self.error(cursor.next, e))?;
+                .map_err(|e| self.error(cursor.next, &e, e.rdkafka_error_code()))?;
             let patience = if quick { QUICK_STALL } else { STALL };
             if self.read_range(&consumer, &mut cursor, patience, tx, runtime)? {
                 return Ok(());
             }
             if !quick {
+                let code = cursor
+                    .last_error
+                    .as_ref()
+                    .and_then(|e| e.rdkafka_error_code());
                 let cause = cursor
                     .last_error
                     .map_or("no records arrive".to_string(), |e| e.to_string());
                 return Err(self.error(
                     cursor.next,
                     format!("no progress for {}s: {cause}", STALL.as_secs()),
+                    code,
                 ));
             }
             tracing::debug!(
@@ -199,6 +215,7 @@ impl RangeRead {
                     return Err(self.error(
                         cursor.next,
                         "the offset is no longer in Kafka (deleted by retention?). Help: set failOnDataLoss to false to skip what was lost",
+                        None,
                     ));
                 }
                 // Broker restarts and the like: librdkafka reconnects.
@@ -242,6 +259,7 @@ impl RangeRead {
                             "cannot decode the value: {}. Help: set onDecodeError to skip or deadLetter to let such records through",
                             first.error
                         ),
+                        None,
                     ))
                 }
                 OnDecodeError::Skip(count) => {

@@ -28,7 +28,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::client::{
-    blocking, kafka_error, ClientSettings, Consumer as KafkaConsumer, Context, WRITER_RESERVED,
+    blocking, kafka_error, kafka_failure, ClientSettings, Consumer as KafkaConsumer, Context,
+    WRITER_RESERVED,
 };
 use crate::error::{ConnectorError, Result};
 
@@ -237,10 +238,11 @@ impl KafkaSink {
         match outcome {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => Err(kafka_error("delivering a record", self.servers(), e)),
-            Err(_) => Err(kafka_error(
+            Err(_) => Err(kafka_failure(
                 "delivering a record",
                 self.servers(),
                 "the producer went away",
+                None,
             )),
         }
     }
@@ -273,7 +275,12 @@ impl KafkaSink {
                         "creating a client",
                     )?;
                     let metadata = consumer.group_metadata().ok_or_else(|| {
-                        kafka_error("adding offsets to the transaction", &s, "no group metadata")
+                        kafka_failure(
+                            "adding offsets to the transaction",
+                            &s,
+                            "no group metadata",
+                            None,
+                        )
                     })?;
                     p.send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)
                         .map_err(|e| kafka_error("adding offsets to the transaction", &s, e))

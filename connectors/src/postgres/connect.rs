@@ -111,6 +111,7 @@ impl Connector {
         ConnectorError::Postgres {
             context: context.to_string(),
             message: self.redact(&describe(err)),
+            code: err.code().cloned(),
             retryable: retryable(err),
         }
     }

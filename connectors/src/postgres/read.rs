@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -13,15 +12,21 @@ use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
 use tokio_postgres::{Client, CopyOutStream};
 
+use dataflow_engine::ops::retry::RetryPolicy;
+use dataflow_engine::spec::Backoff;
+
 use super::connect::Connector;
 use super::copy::CopyDecoder;
 use super::types::PgKind;
 use crate::error::{ConnectorError, Result};
 use crate::scan_exec::PartitionReader;
 
-/// First retry delay; doubled on every further attempt, up to [`MAX_DELAY`].
-const FIRST_DELAY: Duration = Duration::from_millis(250);
-const MAX_DELAY: Duration = Duration::from_secs(30);
+/// Delays between a partition's attempts: from 250 ms, doubling (with
+/// jitter, as for runs) up to 30 s.
+const BACKOFF: Backoff = Backoff {
+    initial_ms: 250,
+    max_ms: 30_000,
+};
 
 /// The rows of one `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, batch by batch.
 pub(crate) struct CopyReader {
@@ -110,11 +115,16 @@ impl PartitionReader for PartitionRead {
 
 impl PartitionRead {
     /// Reads the partition into `tx`. A lost connection is retried with
-    /// exponential backoff, up to `retries` times, as long as this partition
+    /// the run's kind of backoff ([`RetryPolicy`], [`BACKOFF`]), up to
+    /// `retries` times, as long as this partition
     /// has not yet passed any row on: a COPY restarted after that could not
     /// tell which rows were already delivered, so the read fails instead
     /// (and the run commits nothing).
     async fn run(self, tx: Sender<DfResult<RecordBatch>>) -> DfResult<()> {
+        let policy = RetryPolicy {
+            retries: self.retries,
+            backoff: BACKOFF,
+        };
         let mut attempt = 0;
         loop {
             let mut sent = 0u64;
@@ -130,11 +140,9 @@ impl PartitionRead {
                     ..
                 }
             );
-            if retryable && sent == 0 && attempt < self.retries {
-                let delay = FIRST_DELAY
-                    .saturating_mul(1 << attempt.min(16))
-                    .min(MAX_DELAY);
+            if retryable && sent == 0 && attempt < policy.retries {
                 attempt += 1;
+                let delay = policy.delay(attempt);
                 tracing::warn!(
                     "{}: {err}; retry {attempt} of {} in {delay:?}",
                     self.label,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::classify::{Classifier, ErrorClass};
 use crate::error::{Error, Result};
-use crate::ops::retry::{classify, ErrorClass};
 use crate::spec::{PipelineSpec, StepKind};
 use crate::stream::{BatchReport, StreamSummary};
 
@@ -230,8 +230,9 @@ impl StreamRun {
     }
 
     /// Records how the run ended and returns that status: `succeeded` when
-    /// its trigger ended it, `stopped` on a signal, `failed` on an error.
-    pub fn finish(mut self, result: &Result<StreamSummary>) -> Status {
+    /// its trigger ended it, `stopped` on a signal, `failed` on an error
+    /// (classified by `classifier`).
+    pub fn finish(mut self, result: &Result<StreamSummary>, classifier: &Classifier) -> Status {
         match result {
             Ok(summary) if summary.interrupted => self.record.status = Status::Stopped,
             Ok(_) => self.record.status = Status::Succeeded,
@@ -239,7 +240,7 @@ impl StreamRun {
             Err(err) => {
                 self.record.status = Status::Failed;
                 self.record.error = Some(err.to_string());
-                self.record.error_class = Some(classify(err));
+                self.record.error_class = Some(classifier.classify(err));
             }
         }
         self.append();

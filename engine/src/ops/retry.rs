@@ -1,120 +1,18 @@
-//! Which failures are worth retrying, and the retry loop with exponential
-//! backoff and jitter.
-//!
-//! Connector errors reach the engine boxed into [`Error::Step`] as text, so
-//! the classification of run-time failures reads the message: the patterns
-//! live in the two tables below and nowhere else.
+//! The retry loop with exponential backoff and jitter, for runs; the same
+//! [`RetryPolicy`] paces the connectors' own retries (a PostgreSQL
+//! partition whose connection was lost). Which failures are worth retrying
+//! is [`crate::classify`]'s decision.
 
 use std::future::Future;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use crate::classify::{Classifier, ErrorClass};
 use crate::error::Error;
 use crate::ops::shutdown::Shutdown;
 use crate::spec::Backoff;
 
-/// Whether retrying a failed run may help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorClass {
-    /// The environment may recover: retry after a delay.
-    Transient,
-    /// Retrying cannot help: fix the config, the data or the credentials.
-    Permanent,
-}
-
-/// Messages (lower case) of failures that retrying cannot fix. Checked first:
-/// "authentication failed ... connection reset" is an auth failure.
-const PERMANENT: &[&str] = &[
-    "authentication failed",
-    "password authentication",
-    "permission denied",
-    "access denied",
-    "unauthorized",
-    "forbidden",
-    "invalid credentials",
-    "no field named",
-    "schema error",
-    "sql error",
-    "parser error",
-    "no such file",
-    "not found",
-];
-
-/// Messages (lower case) of failures that may go away by themselves:
-/// network trouble, timeouts, unavailable brokers, throttling and 5xx from
-/// object stores, serialization failures and Delta commit conflicts.
-const TRANSIENT: &[&str] = &[
-    "connection refused",
-    "connection reset",
-    "connection aborted",
-    "connection closed",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "deadline has elapsed",
-    "broker transport failure",
-    "broker not available",
-    "brokernotavailable",
-    "all brokers down",
-    "leader not available",
-    "temporarily unavailable",
-    "service unavailable",
-    "too many requests",
-    "slow down",
-    "server error (5",
-    "internal server error",
-    "bad gateway",
-    "gateway timeout",
-    "status code: 5",
-    "status code: 429",
-    "could not serialize access",
-    "serialization failure",
-    "deadlock detected",
-    "too many connections",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "concurrent append",
-    "concurrent delete",
-    "concurrent transaction",
-    "metadata changed since last commit",
-    "tried committing existing table version",
-    "version already exists",
-];
-
-/// Classifies a failed run. Config and planning errors and cancellation are
-/// permanent; run-time errors are transient only when their message matches
-/// [`TRANSIENT`] and not [`PERMANENT`]; anything unrecognised is permanent.
-pub fn classify(err: &Error) -> ErrorClass {
-    match err {
-        Error::Config { .. } | Error::Plan { .. } | Error::Cancelled => ErrorClass::Permanent,
-        Error::Io { source, .. } => classify_io(source.kind()),
-        Error::Step { message, .. } => classify_message(message),
-        Error::DataFusion(err) => classify_message(&err.to_string()),
-    }
-}
-
-fn classify_io(kind: std::io::ErrorKind) -> ErrorClass {
-    use std::io::ErrorKind::*;
-    match kind {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | Interrupted
-        | WouldBlock | BrokenPipe => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
-    }
-}
-
-fn classify_message(message: &str) -> ErrorClass {
-    let message = message.to_ascii_lowercase();
-    let matches = |table: &[&str]| table.iter().any(|p| message.contains(p));
-    if matches(PERMANENT) || !matches(TRANSIENT) {
-        ErrorClass::Permanent
-    } else {
-        ErrorClass::Transient
-    }
-}
-
-/// How often and how patiently a run is retried.
+/// How often and how patiently a failed operation is retried: a run, or a
+/// connector's own attempt (with its own parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
@@ -138,13 +36,14 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `attempt(n)` for n = 1, 2, ... until it succeeds, fails permanently,
-/// or has failed `policy.retries + 1` times; sleeps [`RetryPolicy::delay`]
-/// between attempts. Returns [`Error::Cancelled`] if `shutdown` fires while
-/// waiting. `on_retry(n, err, delay)` is told about each retry before its
+/// Runs `attempt(n)` for n = 1, 2, ... until it succeeds, fails permanently
+/// (as `classifier` decides), or has failed `policy.retries + 1` times;
+/// sleeps [`RetryPolicy::delay`] between attempts. Returns
+/// [`Error::Cancelled`] if `shutdown` fires while waiting. `on_retry(n, err, delay)` is told about each retry before its
 /// delay.
 pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
+    classifier: &Classifier,
     shutdown: &Shutdown,
     mut attempt: F,
     mut on_retry: impl FnMut(u32, &Error, Duration),
@@ -159,7 +58,7 @@ where
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        if n > policy.retries || classify(&err) == ErrorClass::Permanent {
+        if n > policy.retries || classifier.classify(&err) == ErrorClass::Permanent {
             return Err(err);
         }
         let delay = policy.delay(n);
@@ -174,8 +73,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use datafusion::error::DataFusionError;
-
     use super::*;
     use crate::error::StepRef;
     use crate::ops::shutdown::shutdown;
@@ -187,65 +84,6 @@ mod tests {
             name: None,
         };
         Error::step(&step, message)
-    }
-
-    #[test]
-    fn classifies_step_messages() {
-        let transient = [
-            "error connecting to server: Connection refused (os error 111)",
-            "Connection reset by peer (os error 104)",
-            "operation timed out",
-            "Broker: Broker not available",
-            "Generic S3 error: HTTP status server error (503 Service Unavailable) for url",
-            "Server returned non-2xx status code: 429 Too Many Requests",
-            "could not serialize access due to concurrent update",
-            "Transaction failed: Commit failed: Concurrent append failed.",
-            "Tried committing existing table version: 4",
-        ];
-        for message in transient {
-            assert_eq!(
-                classify(&step_error(message)),
-                ErrorClass::Transient,
-                "{message}"
-            );
-        }
-        let permanent = [
-            "password authentication failed for user \"etl\"",
-            "Schema error: No field named amount",
-            "SQL error: ParserError(\"Expected: an expression\")",
-            "Object at location data/in.csv not found",
-            "permission denied for table orders",
-            "division by zero",
-            "SASL authentication failed: connection reset",
-        ];
-        for message in permanent {
-            assert_eq!(
-                classify(&step_error(message)),
-                ErrorClass::Permanent,
-                "{message}"
-            );
-        }
-    }
-
-    #[test]
-    fn classifies_by_variant() {
-        let config = Error::config("steps[0].config.path", None, "timed out");
-        assert_eq!(classify(&config), ErrorClass::Permanent);
-        assert_eq!(classify(&Error::Cancelled), ErrorClass::Permanent);
-        let io = |kind| Error::Io {
-            context: "reading".into(),
-            source: std::io::Error::from(kind),
-        };
-        assert_eq!(
-            classify(&io(std::io::ErrorKind::ConnectionRefused)),
-            ErrorClass::Transient
-        );
-        assert_eq!(
-            classify(&io(std::io::ErrorKind::NotFound)),
-            ErrorClass::Permanent
-        );
-        let df = Error::DataFusion(DataFusionError::Execution("connection reset".into()));
-        assert_eq!(classify(&df), ErrorClass::Transient);
     }
 
     fn policy(retries: u32, initial_ms: u64, max_ms: u64) -> RetryPolicy {
@@ -279,6 +117,7 @@ mod tests {
         let mut retried = Vec::new();
         let result = retry(
             &policy(3, 1, 5),
+            &Classifier::new(),
             &signal,
             |n| async move {
                 if n < 3 {
@@ -300,6 +139,7 @@ mod tests {
         let mut attempts = 0;
         let result: Result<(), _> = retry(
             &policy(5, 1, 5),
+            &Classifier::new(),
             &signal,
             |_| {
                 attempts += 1;
@@ -314,6 +154,7 @@ mod tests {
         let mut attempts = 0;
         let result: Result<(), _> = retry(
             &policy(2, 1, 5),
+            &Classifier::new(),
             &signal,
             |_| {
                 attempts += 1;
@@ -332,6 +173,7 @@ mod tests {
         trigger.fire();
         let result: Result<(), _> = retry(
             &policy(5, 60_000, 60_000),
+            &Classifier::new(),
             &signal,
             |_| async { Err(step_error("connection reset")) },
             |_, _, _| {},

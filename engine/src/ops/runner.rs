@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ops::history::{History, RunRecord, Status, StepRecord};
 use crate::ops::metrics::Metrics;
 use crate::ops::progress::RowCounter;
-use crate::ops::retry::{classify, retry, RetryPolicy};
+use crate::ops::retry::{retry, RetryPolicy};
 use crate::ops::shutdown::Shutdown;
 use crate::pipeline::Pipeline;
 use crate::run::RunSummary;
@@ -105,7 +105,14 @@ impl Runner {
             );
             self.metrics.retried(&spec.name);
         };
-        retry(&policy, &shutdown, attempt, on_retry).await
+        retry(
+            &policy,
+            self.registry.classifier(),
+            &shutdown,
+            attempt,
+            on_retry,
+        )
+        .await
     }
 
     /// Records a schedule slot skipped because the pipeline was busy.
@@ -158,7 +165,7 @@ impl Runner {
             Err(err) => {
                 record.status = Status::Failed;
                 record.error = Some(err.to_string());
-                record.error_class = Some(classify(err));
+                record.error_class = Some(self.registry.classifier().classify(err));
                 tracing::info!(pipeline = %record.pipeline, "run failed: {err}");
             }
         }
