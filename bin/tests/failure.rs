@@ -73,13 +73,13 @@ fn missing_input_is_a_clear_runtime_error() {
 #[test]
 fn no_backtrace_in_errors_even_with_rust_backtrace_set() {
     let out = tempfile::tempdir().unwrap();
-    // Delta has no unsigned types: delta-rs refuses the column with an
+    // Delta has no time-of-day type: delta-rs refuses the column with an
     // error that captures a backtrace when RUST_BACKTRACE is set.
-    let config = r#"{"name": "unsigned", "steps": [
-        {"type": "transform", "method": "sql", "config": {"query": "SELECT arrow_cast(1, 'UInt16') AS x", "registerAs": "rows"}},
-        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/unsigned"}}
+    let config = r#"{"name": "time", "steps": [
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT CAST('12:00:00' AS TIME) AS x", "registerAs": "rows"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/time"}}
     ]}"#;
-    let file = write_config(out.path(), "unsigned.json", config);
+    let file = write_config(out.path(), "time.json", config);
     for setting in ["1", "full"] {
         let result: Run = cli(out.path())
             .args(["run", &file])
@@ -90,7 +90,9 @@ fn no_backtrace_in_errors_even_with_rust_backtrace_set() {
         assert_eq!(result.code, 1, "{}", result.stderr);
         assert!(
             result.stderr.contains("steps[1] (toDeltaLake) failed")
-                && result.stderr.contains("UInt16"),
+                && result
+                    .stderr
+                    .contains("Invalid data type for Delta Lake: Time64"),
             "the step and the cause are named:\n{}",
             result.stderr
         );
