@@ -16,7 +16,7 @@ use dataflow_engine::ops::runner::Trigger;
 use dataflow_engine::ops::schedule::{run_schedules, Job};
 use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
 use dataflow_engine::pipeline::Pipeline;
-use dataflow_engine::spec::{Mode, PipelineSpec};
+use dataflow_engine::spec::{MemoryLimit, Mode, PipelineSpec};
 use dataflow_engine::{Error, Result};
 use observe::Observer;
 use progress::Progress;
@@ -50,6 +50,21 @@ struct Cli {
     /// Write the final metrics as JSON to this file on exit.
     #[arg(long, global = true, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// The most memory a run may use, e.g. `2GB`, `512MB`, `1.5GiB` (units
+    /// are powers of 1024); joins, sorts and aggregations spill to disk
+    /// beyond it. Overrides the config's `"memoryLimit"`; default: 75% of
+    /// the machine's memory.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SIZE",
+        env = "DATAFLOW_MEMORY_LIMIT"
+    )]
+    memory_limit: Option<MemoryLimit>,
+    /// Directory operators spill to and `MEMORY_AND_DISK` caches are written
+    /// in (default: the system temp dir).
+    #[arg(long, global = true, value_name = "DIR", env = "DATAFLOW_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -134,7 +149,8 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn load_spec(config: &Path, sets: &[String]) -> Result<PipelineSpec> {
+/// Loads a config and applies the run-time flags that override it.
+fn load_spec(cli: &Cli, config: &Path, sets: &[String]) -> Result<PipelineSpec> {
     let text = std::fs::read_to_string(config).map_err(|e| {
         Error::config(
             display(config),
@@ -142,11 +158,14 @@ fn load_spec(config: &Path, sets: &[String]) -> Result<PipelineSpec> {
             format!("cannot read the config file: {e}"),
         )
     })?;
-    PipelineSpec::load(&text, sets, &|name| std::env::var(name).ok())
+    let mut spec = PipelineSpec::load(&text, sets, &|name| std::env::var(name).ok())?;
+    spec.memory_limit = cli.memory_limit.or(spec.memory_limit);
+    spec.spill_dir = cli.spill_dir.clone();
+    Ok(spec)
 }
 
-async fn compile(args: &ConfigArgs) -> Result<Pipeline> {
-    let spec = load_spec(&args.config, &args.sets)?;
+async fn compile(cli: &Cli, args: &ConfigArgs) -> Result<Pipeline> {
+    let spec = load_spec(cli, &args.config, &args.sets)?;
     Pipeline::compile(&spec, &dataflow_connectors::registry()).await
 }
 
@@ -162,11 +181,11 @@ fn on_interrupt(what: &'static str) -> Shutdown {
 }
 
 /// A scheduled job for each config; all configs are checked before any runs.
-fn jobs(args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
+fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
     args.configs
         .iter()
         .map(|config| {
-            let spec = load_spec(config, &args.sets)?;
+            let spec = load_spec(cli, config, &args.sets)?;
             let schedule = spec.schedule.clone().ok_or_else(|| {
                 Error::config(
                     "schedule",
@@ -219,7 +238,7 @@ async fn interrupted() {
 async fn main_inner(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Validate(args) => {
-            let pipeline = compile(args).await?;
+            let pipeline = compile(cli, args).await?;
             println!(
                 "{}: valid ({} steps, {} load(s))",
                 display(&args.config),
@@ -228,11 +247,11 @@ async fn main_inner(cli: &Cli) -> Result<()> {
             );
         }
         Command::Explain(args) => {
-            let pipeline = compile(args).await?;
+            let pipeline = compile(cli, args).await?;
             print!("{}", pipeline.explain().await?);
         }
         Command::Run(args) => {
-            let spec = load_spec(&args.config, &args.sets)?;
+            let spec = load_spec(cli, &args.config, &args.sets)?;
             if spec.mode == Mode::Streaming {
                 let quiet = cli.quiet;
                 let summary = observed(cli, async |observer| {
@@ -267,7 +286,7 @@ async fn main_inner(cli: &Cli) -> Result<()> {
         }
         Command::Schedule(args) => {
             observed(cli, async |observer| {
-                let jobs = jobs(args, observer)?;
+                let jobs = jobs(cli, args, observer)?;
                 let shutdown = on_interrupt("stopping the schedules and running pipelines");
                 run_schedules(jobs, shutdown).await;
                 Ok(())

@@ -1,5 +1,6 @@
 //! `cache` steps: a relation computed at most once per run and shared by all
-//! its consumers, in memory or in local Arrow IPC files.
+//! its consumers, in memory or in Arrow IPC files of the run's disk manager
+//! (the spill directory).
 //!
 //! The cached relation is a [`StreamingTable`] whose partitions wait on one
 //! shared computation; nothing is computed until a sink first reads it.
@@ -18,6 +19,8 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::disk_manager::DiskManager;
+use datafusion::execution::spill_file::SpillFile;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream_partitioned;
@@ -52,11 +55,8 @@ impl fmt::Display for StorageLevel {
 /// The materialized data, one entry per output partition.
 enum Materialized {
     Memory(Vec<Vec<RecordBatch>>),
-    Disk {
-        /// Keeps the files alive for the run.
-        _dir: tempfile::TempDir,
-        files: Vec<std::path::PathBuf>,
-    },
+    /// Spill files of the run's disk manager, deleted when dropped.
+    Disk(Vec<Arc<dyn SpillFile>>),
 }
 
 /// Shared state of one cached relation.
@@ -100,10 +100,13 @@ impl CacheState {
             .get_or_try_init(|| async {
                 self.computations.fetch_add(1, Ordering::Relaxed);
                 let physical = self.state.create_physical_plan(&self.plan).await?;
-                let streams = execute_stream_partitioned(physical, task)?;
+                let streams = execute_stream_partitioned(physical, task.clone())?;
                 let data = match self.level {
                     StorageLevel::Memory => self.collect_memory(streams).await?,
-                    StorageLevel::MemoryAndDisk => self.collect_disk(streams).await?,
+                    StorageLevel::MemoryAndDisk => {
+                        self.collect_disk(streams, task.runtime_env().disk_manager.clone())
+                            .await?
+                    }
                 };
                 Ok::<_, DataFusionError>(data)
             })
@@ -128,15 +131,17 @@ impl CacheState {
         Ok(Materialized::Memory(buckets))
     }
 
-    async fn collect_disk(&self, streams: Vec<SendableRecordBatchStream>) -> Result<Materialized> {
-        let dir = tempfile::Builder::new()
-            .prefix("dataflow-cache-")
-            .tempdir()?;
+    async fn collect_disk(
+        &self,
+        streams: Vec<SendableRecordBatchStream>,
+        disks: Arc<DiskManager>,
+    ) -> Result<Materialized> {
         let writes = streams.into_iter().enumerate().map(|(i, mut stream)| {
-            let path = dir.path().join(format!("part-{i}.arrow"));
+            let disks = disks.clone();
             async move {
+                let file = disks.create_tmp_file(&format!("caching partition {i}"))?;
                 let mut writer =
-                    FileWriter::try_new(BufWriter::new(File::create(&path)?), &stream.schema())?;
+                    FileWriter::try_new(BufWriter::new(file.open_writer()?), &stream.schema())?;
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
                     self.rows
@@ -144,11 +149,16 @@ impl CacheState {
                     writer.write(&batch)?;
                 }
                 writer.finish()?;
-                Ok::<_, DataFusionError>(path)
+                writer
+                    .into_inner()?
+                    .into_inner()
+                    .map_err(|e| DataFusionError::IoError(e.into_error()))?
+                    .finish()?;
+                Ok::<_, DataFusionError>(file)
             }
         });
         let files = futures::future::try_join_all(writes).await?;
-        Ok(Materialized::Disk { _dir: dir, files })
+        Ok(Materialized::Disk(files))
     }
 }
 
@@ -171,11 +181,14 @@ impl PartitionStream for CachePartition {
         let batches = futures::stream::once(async move {
             let batches: Vec<Result<RecordBatch>> = match cache.materialize(task).await? {
                 Materialized::Memory(buckets) => buckets[index].iter().cloned().map(Ok).collect(),
-                Materialized::Disk { files, .. } => files
+                Materialized::Disk(files) => files
                     .iter()
                     .skip(index)
                     .step_by(cache.partitions)
-                    .map(|path| {
+                    .map(|file| {
+                        let path = file.path().ok_or_else(|| {
+                            DataFusionError::Internal("a cache file has no local path".into())
+                        })?;
                         FileReader::try_new(File::open(path)?, None).map_err(DataFusionError::from)
                     })
                     .collect::<Result<Vec<_>>>()?

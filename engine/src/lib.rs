@@ -17,9 +17,12 @@ pub mod pipeline;
 pub mod plan;
 pub mod resume;
 pub mod run;
+mod scan_statistics;
 pub mod schema;
 pub mod secret;
+pub mod session;
 pub mod spec;
+mod spillable_join;
 pub mod stream;
 mod transform;
 

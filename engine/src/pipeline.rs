@@ -18,6 +18,7 @@ use crate::ops::progress::RowCounter;
 use crate::plan::{compile, Cached, Load, Opening};
 use crate::resume::OpenedSource;
 use crate::run::{write_loads, BatchOpening, RunSummary, StepReport};
+use crate::session::out_of_memory;
 use crate::spec::{PipelineSpec, StepKind};
 
 /// A compiled pipeline: nothing has run, nothing has been written.
@@ -94,7 +95,9 @@ impl Pipeline {
         let started = Instant::now();
         let gates = CommitGate::for_participants(self.loads.len());
         let (marks, starts) = (self.marks(), self.starts());
-        let reports = write_loads(&self.loads, &gates, &marks, &starts, progress, cancel).await?;
+        let reports = write_loads(&self.loads, &gates, &marks, &starts, progress, cancel)
+            .await
+            .map_err(|err| out_of_memory(&self.ctx, err))?;
         for source in &self.sources {
             source.committed().await?;
         }

@@ -9,19 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::dataframe::DataFrame;
-use datafusion::error::Result as DfResult;
-use datafusion::execution::context::{QueryPlanner, SessionConfig, SessionContext};
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 use crate::cache::{cached_table, CacheState, StorageLevel};
 use crate::connector::{Registry, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
+use crate::session::{new_session, RuntimeOptions};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
 use crate::transform;
 
@@ -47,64 +43,6 @@ pub struct Cached {
     pub state: Arc<CacheState>,
     /// The plan computed into the cache.
     pub plan: LogicalPlan,
-}
-
-/// The physical planner: DataFusion's, plus connectors' extension nodes.
-struct PipelinePlanner {
-    extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
-}
-
-impl std::fmt::Debug for PipelinePlanner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PipelinePlanner({} extension planners)",
-            self.extensions.len()
-        )
-    }
-}
-
-#[async_trait]
-impl QueryPlanner for PipelinePlanner {
-    async fn create_physical_plan(
-        &self,
-        plan: &LogicalPlan,
-        session: &dyn Session,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(self.extensions.clone())
-            .create_physical_plan(plan, session)
-            .await
-    }
-}
-
-/// The DataFusion session every pipeline runs in. Identifiers are
-/// case-sensitive as written (no lower-casing), matching column names in
-/// files and tables the way Spark users expect. DataFusion settings can be
-/// tuned through `DATAFUSION_*` environment variables (e.g.
-/// `DATAFUSION_EXECUTION_TARGET_PARTITIONS=8`).
-pub fn new_session(registry: &Registry) -> Result<SessionContext> {
-    let mut config = SessionConfig::from_env()?
-        .with_information_schema(true)
-        .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
-    let writers_set = std::env::var_os("DATAFUSION_EXECUTION_MINIMUM_PARALLEL_OUTPUT_FILES")
-        .is_some()
-        || std::env::var_os("DATAFUSION_EXECUTION_PARQUET_ALLOW_SINGLE_FILE_PARALLELISM").is_some();
-    if !writers_set {
-        // One Parquet writer per core beats DataFusion's default of column-
-        // parallel writers on few cores: faster and less memory.
-        let cores = config.target_partitions().to_string();
-        let options = config.options_mut();
-        options.set("datafusion.execution.minimum_parallel_output_files", &cores)?;
-        options.execution.parquet.allow_single_file_parallelism = false;
-    }
-    let state = SessionStateBuilder::new()
-        .with_default_features()
-        .with_config(config)
-        .with_query_planner(Arc::new(PipelinePlanner {
-            extensions: registry.extension_planners().to_vec(),
-        }))
-        .build();
-    Ok(SessionContext::new_with_state(state))
 }
 
 /// How a compile gets its sinks and opens its sources: a batch run builds
@@ -165,7 +103,11 @@ pub(crate) async fn compile(
     registry: &Registry,
     opening: &mut dyn Opening,
 ) -> Result<Compiled> {
-    let ctx = new_session(registry)?;
+    let runtime = RuntimeOptions {
+        memory_limit: spec.memory_limit,
+        spill_dir: spec.spill_dir.clone(),
+    };
+    let ctx = new_session(registry, &runtime)?;
     // Sinks first: sources ask them where the last run left off.
     let sinks: Vec<(usize, Arc<dyn Sink>)> = spec
         .steps

@@ -4,6 +4,7 @@
 //! turned into the validated [`PipelineSpec`]. A leaf: it imports nothing
 //! from the planning, running or operating layers.
 
+mod memory_limit;
 mod overrides;
 mod raw;
 mod schedule;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use memory_limit::MemoryLimit;
 pub use overrides::{apply_set, substitute_env, EnvValues};
 use raw::RawPipeline;
 pub use schedule::CronSchedule;
@@ -58,6 +60,13 @@ pub struct PipelineSpec {
     /// console), in streaming or batch mode: the directory of the offset
     /// log, written after the loads commit. Top level or a load step.
     pub checkpoint_location: Option<String>,
+    /// `memoryLimit`: the most memory a run may use, e.g. `"2GB"`; joins,
+    /// sorts and aggregations spill to disk beyond it. `--memory-limit`
+    /// overrides it; default: 75% of the machine's memory.
+    pub memory_limit: Option<MemoryLimit>,
+    /// Where operators spill (`--spill-dir`; not a config key): the system
+    /// temp dir when absent.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// The strings that came from environment variables: messages about
     /// them show the `${VAR}` written, never the value.
     pub env_values: EnvValues,
@@ -206,6 +215,8 @@ impl PipelineSpec {
             retry_backoff: raw.retry_backoff,
             trigger,
             checkpoint_location,
+            memory_limit: raw.memory_limit,
+            spill_dir: None,
             env_values: env_values.clone(),
         })
     }
@@ -399,6 +410,10 @@ mod tests {
             (r#"{"name": "p", "catchUp": "all", "steps": []}"#, "catchUp"),
             (r#"{"name": "p", "retries": -1, "steps": []}"#, "retries"),
             (
+                r#"{"name": "p", "memoryLimit": "lots", "steps": []}"#,
+                "memoryLimit",
+            ),
+            (
                 r#"{"name": "p", "retryBackoff": {"initial": 1}, "steps": []}"#,
                 "retryBackoff.initial",
             ),
@@ -447,13 +462,14 @@ mod tests {
             assert_eq!(config_path(with_keys(keys).unwrap_err()), path, "{keys}");
         }
         let spec = with_keys(
-            r#""schedule": "*/5 * * * * *", "timezone": "Europe/Paris", "overlap": "queue", "catchUp": "once", "retries": 3"#,
+            r#""schedule": "*/5 * * * * *", "timezone": "Europe/Paris", "overlap": "queue", "catchUp": "once", "retries": 3, "memoryLimit": "2GB""#,
         )
         .unwrap();
         assert!(spec.schedule.is_some());
         assert_eq!(spec.overlap, Overlap::Queue);
         assert_eq!(spec.catch_up, CatchUp::Once);
         assert_eq!(spec.retries, 3);
+        assert_eq!(spec.memory_limit.map(MemoryLimit::bytes), Some(2 << 30));
         assert_eq!(spec.retry_backoff, Backoff::default());
     }
 

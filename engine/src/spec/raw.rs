@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::step::StepInfo;
 use super::trigger::Trigger;
-use super::{Backoff, CatchUp, EnvValues, Mode, Overlap, StepKind};
+use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind};
 use crate::error::{Error, Result, StepRef};
 
 /// Keys of a load step's config that are the pipeline's streaming settings.
@@ -39,6 +39,8 @@ pub(super) struct RawPipeline {
     pub trigger: Option<Value>,
     #[serde(default, rename = "checkpointLocation")]
     pub checkpoint_location: Option<String>,
+    #[serde(default, rename = "memoryLimit")]
+    pub memory_limit: Option<MemoryLimit>,
 }
 
 /// One step as written: `{"type", "method", "input"?, "config"}`.
