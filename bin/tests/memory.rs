@@ -102,43 +102,58 @@ fn a_bad_limit_is_a_usage_or_config_error() {
     );
 }
 
-/// A join four times the limit's size runs as a spilling sort-merge join
-/// and writes every row; its spill files go to `--spill-dir`.
+/// A join of two CSV files, each larger than half the limit, runs as a
+/// sort-merge join whose sorts spill to `--spill-dir`, and writes every row.
 #[tokio::test]
 async fn a_join_over_the_limit_spills_to_the_spill_dir() {
     let out = tempfile::tempdir().unwrap();
+    for (name, factor) in [("l", 3), ("r", 5)] {
+        let rows: String = (1..=600_000)
+            .map(|k| format!("{k},{}\n", k * factor))
+            .collect();
+        std::fs::write(
+            out.path().join(format!("{name}.csv")),
+            format!("k,x\n{rows}"),
+        )
+        .unwrap();
+    }
     let config = write_config(
         out.path(),
         "join.json",
         r#"{"name": "join", "steps": [
-        {"type": "transform", "method": "sql", "config": {"query": "SELECT value AS k, value * 3 AS v FROM generate_series(1, 1000000)", "registerAs": "l"}},
-        {"type": "transform", "method": "sql", "config": {"query": "SELECT value AS k, value * 5 AS w FROM generate_series(1, 1000000)", "registerAs": "r"}},
-        {"type": "transform", "method": "sql", "config": {"query": "SELECT count(*) AS n, sum(v + w) AS s, sum(CASE WHEN v + w = 8 * l.k THEN 1 ELSE 0 END) AS right FROM l JOIN r ON l.k = r.k"}},
+        {"type": "extract", "method": "fromFiles", "config": {"path": "${DATAFLOW_OUT}/l.csv", "header": true, "registerAs": "l"}},
+        {"type": "extract", "method": "fromFiles", "config": {"path": "${DATAFLOW_OUT}/r.csv", "header": true, "registerAs": "r"}},
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT count(*) AS n, sum(l.x + r.x) AS s, sum(CASE WHEN l.x + r.x = 8 * l.k THEN 1 ELSE 0 END) AS right FROM l JOIN r ON l.k = r.k"}},
         {"type": "load", "method": "toFiles", "config": {"path": "${DATAFLOW_OUT}/sums", "format": "csv"}}
     ]}"#,
     );
     let spill = out.path().join("spill");
     std::fs::create_dir(&spill).unwrap();
-    let mut child = cli(out.path())
-        .args(["run", "--memory-limit", "8MB", "--spill-dir"])
+    // DataFusion logs where its disk manager works and each spill (the
+    // spill files themselves are gone when the run ends).
+    let output = cli(out.path())
+        .env(
+            "RUST_LOG",
+            "warn,datafusion_execution::disk_manager=debug,datafusion_physical_plan::sorts=debug",
+        )
+        .args(["run", "--memory-limit", "16MB", "--spill-dir"])
         .arg(&spill)
         .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    // DataFusion deletes its spill files when done: watch for them.
-    let mut spilled = false;
-    while child.try_wait().unwrap().is_none() {
-        spilled |= walk(&spill) > 0;
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let working = log
+        .lines()
+        .find(|l| l.contains("as DataFusion working directory"))
+        .unwrap_or_else(|| panic!("no disk manager in the log:\n{log}"));
+    assert!(working.contains(&spill.display().to_string()), "{working}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        log.contains("Spilling sort data of ExternalSorter to disk"),
+        "{log}"
     );
-    assert!(spilled, "spill files appeared in --spill-dir");
+    let left: Vec<_> = std::fs::read_dir(&spill).unwrap().collect();
+    assert!(left.is_empty(), "the spill files were removed: {left:?}");
     let sums = file_rows(
         &out.path().join("sums"),
         "csv",
@@ -148,30 +163,11 @@ async fn a_join_over_the_limit_spills_to_the_spill_dir() {
     assert_eq!(
         sums,
         table(&[
-            "+---------+---------------+---------+",
-            "| n       | s             | right   |",
-            "+---------+---------------+---------+",
-            "| 1000000 | 4000004000000 | 1000000 |",
-            "+---------+---------------+---------+",
+            "+--------+---------------+--------+",
+            "| n      | s             | right  |",
+            "+--------+---------------+--------+",
+            "| 600000 | 1440002400000 | 600000 |",
+            "+--------+---------------+--------+",
         ])
     );
-    assert_eq!(walk(&spill), 0, "and were removed");
-}
-
-/// Files under `dir`, at any depth.
-fn walk(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        walk(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }

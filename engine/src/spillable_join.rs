@@ -124,7 +124,7 @@ mod tests {
     use crate::session::{new_session, RuntimeOptions};
     use crate::spec::MemoryLimit;
 
-    const ROWS: i64 = 400_000;
+    const ROWS: i64 = 300_000;
 
     /// A table of `ROWS` rows `(k, column)`: k = 0..ROWS, `column` =
     /// k * `factor`.
@@ -171,7 +171,7 @@ mod tests {
         let ctx = new_session(&Registry::new(), &options).unwrap();
         ctx.register_table("l", table("v", 3)).unwrap();
         ctx.register_table("r", table("w", 5)).unwrap();
-        // Every key matches once; either side (6.4 MB of data) is more than
+        // Every key matches once; either side (4.8 MB of data) is more than
         // a quarter of the 8 MiB limit: a hash table would not fit.
         let frame = ctx
             .sql("SELECT l.k, v + w AS s FROM l JOIN r ON l.k = r.k")
