@@ -255,73 +255,86 @@ fn stream_json((pipeline, stats): (&String, &StreamStats)) -> Value {
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let state = self.state();
-        let out = &mut encoder;
-        let run = |(pipeline, status): &(String, &str)| {
-            [
-                ("pipeline", Label::new(pipeline)),
-                ("status", Label::new(status)),
-            ]
-        };
-        let step = |(pipeline, step, method): &StepKey| {
-            let index = step.to_string();
-            [
-                ("pipeline", Label::new(pipeline)),
-                ("step", Label(index)),
-                ("method", Label::new(method)),
-            ]
-        };
-        family(
-            out,
-            "dataflow_runs",
-            "Pipeline run attempts and skipped schedule slots, by outcome.",
-            state
-                .runs
-                .iter()
-                .map(|(k, n)| (run(k), ConstCounter::new(*n))),
-        )?;
-        family(
-            out,
-            "dataflow_last_run_timestamp_seconds",
-            "Unix time of the last run attempt ending with each outcome.",
-            state
-                .last_run
-                .iter()
-                .map(|(k, t)| (run(k), ConstGauge::new(*t))),
-        )?;
-        family(
-            out,
-            "dataflow_retries",
-            "Retries after transient failures.",
-            state
-                .retries
-                .iter()
-                .map(|(p, n)| (pipeline(p), ConstCounter::new(*n))),
-        )?;
-        let steps = || state.steps.iter();
-        family(
-            out,
-            "dataflow_rows_written",
-            "Rows written by load steps.",
-            steps().map(|(k, s)| (step(k), ConstCounter::new(s.rows))),
-        )?;
-        family(
-            out,
-            "dataflow_bytes_written",
-            "Bytes written by load steps.",
-            steps().map(|(k, s)| (step(k), ConstCounter::new(s.bytes))),
-        )?;
-        family(
-            out,
-            "dataflow_step_duration_seconds",
-            "Wall time of load steps.",
-            steps().map(|(k, s)| (step(k), s.duration.histogram.clone())),
-        )?;
-        encode_streams(out, &state.streams)
+        encode_runs(&mut encoder, &state)?;
+        encode_steps(&mut encoder, &state.steps)?;
+        encode_streams(&mut encoder, &state.streams)
     }
 }
 
-/// The series of streaming runs.
-fn encode_streams(
+/// Run outcomes and retries.
+fn encode_runs(out: &mut DescriptorEncoder, state: &State) -> fmt::Result {
+    let run = |(pipeline, status): &(String, &str)| {
+        [
+            ("pipeline", Label::new(pipeline)),
+            ("status", Label::new(status)),
+        ]
+    };
+    family(
+        out,
+        "dataflow_runs",
+        "Pipeline run attempts and skipped schedule slots, by outcome.",
+        state
+            .runs
+            .iter()
+            .map(|(k, n)| (run(k), ConstCounter::new(*n))),
+    )?;
+    family(
+        out,
+        "dataflow_last_run_timestamp_seconds",
+        "Unix time of the last run attempt ending with each outcome.",
+        state
+            .last_run
+            .iter()
+            .map(|(k, t)| (run(k), ConstGauge::new(*t))),
+    )?;
+    family(
+        out,
+        "dataflow_retries",
+        "Retries after transient failures.",
+        state
+            .retries
+            .iter()
+            .map(|(p, n)| (pipeline(p), ConstCounter::new(*n))),
+    )
+}
+
+/// Rows, bytes and durations of load steps.
+fn encode_steps(out: &mut DescriptorEncoder, steps: &BTreeMap<StepKey, StepStats>) -> fmt::Result {
+    let step = |(pipeline, step, method): &StepKey| {
+        [
+            ("pipeline", Label::new(pipeline)),
+            ("step", Label(step.to_string())),
+            ("method", Label::new(method)),
+        ]
+    };
+    family(
+        out,
+        "dataflow_rows_written",
+        "Rows written by load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), ConstCounter::new(s.rows))),
+    )?;
+    family(
+        out,
+        "dataflow_bytes_written",
+        "Bytes written by load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), ConstCounter::new(s.bytes))),
+    )?;
+    family(
+        out,
+        "dataflow_step_duration_seconds",
+        "Wall time of load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), s.duration.histogram.clone())),
+    )
+}
+
+/// Batches and rows of streaming runs.
+fn encode_stream_counts(
     out: &mut DescriptorEncoder,
     streams: &BTreeMap<String, StreamStats>,
 ) -> fmt::Result {
@@ -349,6 +362,15 @@ fn encode_streams(
             .map(|(p, s)| (pipeline(p), ConstCounter::new(value(s))));
         family(out, name, help, samples)?;
     }
+    Ok(())
+}
+
+/// The series of streaming runs.
+fn encode_streams(
+    out: &mut DescriptorEncoder,
+    streams: &BTreeMap<String, StreamStats>,
+) -> fmt::Result {
+    encode_stream_counts(out, streams)?;
     let lags = streams.iter().flat_map(|(p, s)| {
         s.lag.iter().map(move |((source, partition), lag)| {
             let labels = [
