@@ -5,6 +5,8 @@ use std::io::Write;
 use dataflow_engine::ops::history::RunRecord;
 use dataflow_engine::{Error, Result};
 
+use crate::summary;
+
 /// Prints `records`, oldest first: one JSON object per line with `json`,
 /// else a table.
 pub fn print(records: &[RunRecord], json: bool) -> Result<()> {
@@ -27,34 +29,17 @@ fn table(records: &[RunRecord]) -> String {
     if records.is_empty() {
         return "no runs recorded\n".into();
     }
-    let rows: Vec<[String; 8]> = records.iter().map(row).collect();
     let header = [
-        "start", "pipeline", "run", "attempt", "trigger", "status", "time", "rows",
-    ]
-    .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+        "start", "pipeline", "run", "attempt", "trigger", "status", "time", "rows", "error",
+    ];
+    let mut table = summary::borderless(&header, &[0], &[], &[]);
+    for record in records {
+        let error = record.error.as_deref().unwrap_or_default();
+        let mut cells = row(record).to_vec();
+        cells.push(error.lines().next().unwrap_or_default().to_string());
+        table.add_row(cells);
     }
-    let mut text = String::new();
-    let errors = records.iter().map(|r| r.error.as_deref());
-    for (row, error) in std::iter::once((header, Some("error"))).chain(rows.into_iter().zip(errors))
-    {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        text.push_str(cells.join("  ").trim_end());
-        if let Some(error) = error {
-            text.push_str("  ");
-            text.push_str(error.lines().next().unwrap_or_default());
-        }
-        text.push('\n');
-    }
-    text
+    summary::render(&table)
 }
 
 fn row(record: &RunRecord) -> [String; 8] {
@@ -70,7 +55,7 @@ fn row(record: &RunRecord) -> [String; 8] {
         record.pipeline.clone(),
         record.run_id.chars().take(8).collect(),
         record.attempt.to_string(),
-        format!("{:?}", record.trigger).to_lowercase(),
+        format!("{:?}", record.cause).to_lowercase(),
         record.status.as_str().to_string(),
         format!("{seconds:.2}s"),
         match record.stream {

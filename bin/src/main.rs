@@ -1,9 +1,11 @@
 //! `run-pipeline`: run, validate, explain and schedule JSON-configured
 //! pipelines, and show their run history.
 
+mod endpoint;
 mod history;
 mod observe;
 mod progress;
+mod summary;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dataflow_engine::ops::history::History;
-use dataflow_engine::ops::runner::Trigger;
+use dataflow_engine::ops::history::{History, RunCause};
 use dataflow_engine::ops::schedule::{run_schedules, Job};
-use dataflow_engine::ops::shutdown::{shutdown, Shutdown};
 use dataflow_engine::pipeline::Pipeline;
 use dataflow_engine::spec::{MemoryLimit, Mode, PipelineSpec};
 use dataflow_engine::{Error, Result};
 use observe::Observer;
 use progress::Progress;
+use tokio_util::sync::CancellationToken;
 
 /// Run JSON-configured data pipelines (extract → transform → load) on
 /// Apache DataFusion.
@@ -44,7 +45,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "DATAFLOW_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g.
-    /// `127.0.0.1:9898`.
+    /// `127.0.0.1:9898` (port 0: any free port, logged with -v).
     #[arg(long, global = true, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// Write the final metrics as JSON to this file on exit.
@@ -169,15 +170,16 @@ async fn compile(cli: &Cli, args: &ConfigArgs) -> Result<Pipeline> {
     Pipeline::compile(&spec, &dataflow_connectors::registry()).await
 }
 
-/// A shutdown signal fired by Ctrl-C or SIGTERM.
-fn on_interrupt(what: &'static str) -> Shutdown {
-    let (trigger, signal) = shutdown();
+/// A token cancelled by Ctrl-C or SIGTERM.
+fn on_interrupt(what: &'static str) -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
     tokio::spawn(async move {
         interrupted().await;
         tracing::warn!("interrupted: {what}");
-        trigger.fire();
+        cancel.cancel();
     });
-    signal
+    token
 }
 
 /// A scheduled job for each config; all configs are checked before any runs.
@@ -254,35 +256,36 @@ async fn main_inner(cli: &Cli) -> Result<()> {
             let spec = load_spec(cli, &args.config, &args.sets)?;
             if spec.mode == Mode::Streaming {
                 let quiet = cli.quiet;
-                let summary = observed(cli, async |observer| {
+                let ended = observed(cli, async |observer| {
                     let shutdown = on_interrupt("stopping after the current batch's commit point");
-                    observer
-                        .stream(&args.config, &spec, shutdown, |batch| {
+                    let runner = observer.runner(&args.config);
+                    runner
+                        .stream(&spec, shutdown, |batch| {
                             if !quiet {
-                                eprintln!("{batch}");
+                                eprintln!("{}", summary::batch_line(batch));
                             }
                         })
                         .await
                 })
                 .await?;
-                eprintln!("{summary}");
+                eprintln!("{}", summary::stream_line(&ended));
                 return Ok(());
             }
             let progress = Progress::start(&spec.name, cli.quiet);
-            let summary = observed(cli, async |observer| {
+            let outcome = observed(cli, async |observer| {
                 let shutdown = on_interrupt("cancelling the run");
                 let mut runner = observer.runner(&args.config);
                 if let Some(progress) = &progress {
                     runner = runner.with_progress(progress.counter());
                 }
-                runner.run(&spec, Trigger::Manual, None, shutdown).await
+                runner.run(&spec, RunCause::Manual, None, &shutdown).await
             })
             .await;
             // The bar goes before the summary or the error is printed.
             if let Some(progress) = progress {
                 progress.finish();
             }
-            eprint!("{}", summary?);
+            eprint!("{}", summary::run_summary(&outcome?));
         }
         Command::Schedule(args) => {
             observed(cli, async |observer| {

@@ -53,8 +53,14 @@ impl Progress {
         self.counter.clone()
     }
 
-    /// Stops updating and clears the bar.
-    pub fn finish(self) {}
+    /// Stops updating and clears the bar; off a terminal, logs the rows
+    /// counted in all.
+    pub fn finish(self) {
+        if self.bar.is_none() {
+            let rows = self.counter.get();
+            tracing::info!("counted {rows} rows passed to the loads");
+        }
+    }
 }
 
 impl Drop for Progress {

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{cli, kill, parse, run, scrape, write_config};
+use common::{cli, run, write_config, Serving};
 
 const TICK: &str = r#"{"name": "tick", "schedule": "* * * * * *", "steps": [
     {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/*.csv", "header": true}},
@@ -19,39 +17,26 @@ fn schedule_serves_prometheus_metrics() {
     let out = tempfile::tempdir().unwrap();
     let state = out.path().join("state");
     let config = write_config(out.path(), "tick.json", TICK);
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
     let metrics_file = out.path().join("metrics.json");
-    let child = cli(out.path())
-        .args(["schedule", &config, "--metrics-addr", &addr])
+    let mut cmd = cli(out.path());
+    cmd.args(["schedule", &config])
         .args(["--state-dir", &state.display().to_string()])
-        .args(["--metrics-file", &metrics_file.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .args(["--metrics-file", &metrics_file.display().to_string()]);
+    // Port 0: the process picks a free port and reports it.
+    let server = Serving::start(cmd);
 
     let succeeded = r#"dataflow_runs_total{pipeline="tick",status="succeeded"}"#;
     let deadline = Instant::now() + Duration::from_secs(30);
     let samples = loop {
-        let samples = scrape(&addr).map(|text| parse(&text));
-        if let Some(samples) = samples.filter(|s| s.get(succeeded).copied().unwrap_or(0.0) >= 2.0) {
+        let samples = server.scrape();
+        if samples.get(succeeded).copied().unwrap_or(0.0) >= 2.0 {
             break samples;
         }
         assert!(Instant::now() < deadline, "no two successful runs in 30 s");
         std::thread::sleep(Duration::from_millis(200));
     };
-    kill("-TERM", child.id());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stderr) = server.stop();
+    assert_eq!(code, Some(0), "{stderr}");
 
     let step = r#"pipeline="tick",step="1",method="toFiles""#;
     let rows = samples[&format!("dataflow_rows_written_total{{{step}}}")];

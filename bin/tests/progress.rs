@@ -1,6 +1,7 @@
 //! Progress counting: with `-v` (info logs on, stderr no terminal) the rows
-//! passed to the loads are counted on their way in; the output and the
-//! summary must be exactly those of a run without it.
+//! passed to the loads are counted on their way in, and the total is logged
+//! at the end; the output and the summary must be exactly those of a run
+//! without it.
 
 mod common;
 
@@ -26,6 +27,15 @@ fn summary_rows(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// The total of the "counted N rows passed to the loads" log line.
+fn counted_rows(stderr: &str) -> Option<u64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.ends_with(" rows passed to the loads"))?;
+    let (_, count) = line.rsplit_once("counted ")?;
+    count.split(' ').next()?.parse().ok()
+}
+
 #[tokio::test]
 async fn counting_rows_changes_nothing_written() {
     let sql = "SELECT * FROM t ORDER BY order_id";
@@ -42,6 +52,11 @@ async fn counting_rows_changes_nothing_written() {
         result.assert_ok();
         // No bar off a terminal; a quick run logs no progress line either.
         assert!(!result.stderr.contains("rows/s"), "{}", result.stderr);
+        // Counted only with -v: every row the loads read. The Delta load
+        // reads the 10 orders, the files load the 8 "big" ones, the console
+        // load the sorted orders up to its TOTAL_CONSOLE rows.
+        let expected = verbose.then_some(10 + 8 + 0);
+        assert_eq!(counted_rows(&result.stderr), expected, "{}", result.stderr);
         outputs.push((
             result.stdout.clone(),
             summary_rows(&result.stderr),

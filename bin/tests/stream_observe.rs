@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -89,6 +87,22 @@ fn step_rows(record: &Value) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {kind} rows in {record}"))
     };
     (rows("load"), rows("extract"))
+}
+
+/// From `run`'s stderr: the run's seconds ("finished after 1.23s") and the
+/// sum of its batches' ("batch 1: ..., 0.35s ...").
+fn run_and_batch_seconds(stderr: &str) -> (f64, f64) {
+    let secs = |text: &str| -> f64 {
+        let number = text.split('s').next().unwrap();
+        number.parse().unwrap_or_else(|_| panic!("{text}"))
+    };
+    let (_, run) = stderr.split_once("finished after ").unwrap();
+    let batches = stderr
+        .lines()
+        .filter(|l| l.starts_with("batch "))
+        .map(|l| secs(l.split(", ").nth(2).unwrap()))
+        .sum();
+    (secs(run), batches)
 }
 
 #[test]
@@ -177,7 +191,15 @@ fn available_now_run_is_recorded_and_measured() {
     assert_eq!(stream["rowsIn"], 1000, "{json}");
     assert_eq!(stream["rowsOut"], 334, "{json}");
     assert_eq!(stream["commits"], 4, "{json}");
-    assert!(stream["secondsSinceLastCommit"].as_f64().unwrap() >= 0.0);
+    // Counted from the last commit, not from the start: at most the run's
+    // time minus its batches' (printed to 10 ms; the file is written a few
+    // ms after the run ends).
+    let since = stream["secondsSinceLastCommit"].as_f64().unwrap();
+    let (elapsed, batches) = run_and_batch_seconds(&result.stderr);
+    assert!(
+        since > 0.0 && since <= elapsed - batches + 0.05,
+        "{since}s since the last commit; run {elapsed}s, batches {batches}s"
+    );
     let lag = stream["lag"].as_array().unwrap();
     let partitions: Vec<&str> = lag
         .iter()
@@ -208,43 +230,40 @@ fn processing_time_run_serves_stream_metrics_and_stops_on_sigterm() {
     let out = tempfile::tempdir().unwrap();
     let state = out.path().join("state");
     let file = stream_pipeline(out.path(), &topic, "processingTime=200ms", 50, PURCHASES);
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let child = cli(out.path())
-        .args(["run", &file, "--metrics-addr", &addr])
-        .args(["--state-dir", &state.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let started = Instant::now();
+    let mut cmd = cli(out.path());
+    cmd.args(["run", &file])
+        .args(["--state-dir", &state.display().to_string()]);
+    let server = Serving::start(cmd);
 
     // 200 records, 50 per batch: 4 batches, then idle polls.
     let p = format!(r#"pipeline="{pipeline}""#);
     let batches = format!("dataflow_stream_batches_total{{{p}}}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let samples = loop {
-        let samples = scrape(&addr).map(|text| parse(&text));
-        if let Some(samples) = samples.filter(|s| s.get(&batches).copied().unwrap_or(0.0) >= 4.0) {
-            break samples;
+    let (scraped, samples) = loop {
+        let scraped = Instant::now();
+        let samples = server.scrape();
+        if samples.get(&batches).copied().unwrap_or(0.0) >= 4.0 {
+            break (scraped, samples);
         }
         assert!(
             Instant::now() < deadline,
-            "no 4 batches in 120 s; last scrape: {:?}",
-            scrape(&addr)
+            "no 4 batches in 120 s; last scrape: {samples:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // No batch commits after the 4th: the seconds since the last commit grow
+    // with the wall clock between two scrapes.
+    let since = format!("dataflow_stream_seconds_since_last_commit{{{p}}}");
+    std::thread::sleep(Duration::from_millis(600));
+    let later = server.scrape();
+    let between = scraped.elapsed().as_secs_f64();
     // Still running while scraped: the history has the start record.
-    let started = shown(&state, &pipeline);
-    assert_eq!(started[0]["status"], "running", "{started:?}");
+    let running = shown(&state, &pipeline);
+    assert_eq!(running[0]["status"], "running", "{running:?}");
 
-    kill("-TERM", child.id());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = server.stop();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("batch 4: 50 rows in"), "{stderr}");
     assert!(stderr.contains("stopped after"), "{stderr}");
 
@@ -261,8 +280,19 @@ fn processing_time_run_serves_stream_metrics_and_stops_on_sigterm() {
         );
         assert_eq!(samples.get(&lag), Some(&0.0), "{lag} in {samples:?}");
     }
-    let since = samples[&format!("dataflow_stream_seconds_since_last_commit{{{p}}}")];
-    assert!(since >= 0.0, "{since}");
+    // Within the test's own wall time, and growing by the time between the
+    // scrapes: at least the sleep, at most the time from the start of the
+    // first to the end of the second (values are rounded to 1 ms).
+    let (first, second) = (samples[&since], later[&since]);
+    assert!(
+        first >= 0.0 && second < started.elapsed().as_secs_f64(),
+        "{first} {second}"
+    );
+    let grew = second - first;
+    assert!(
+        grew >= 0.6 - 0.002 && grew <= between + 0.002,
+        "grew {grew}s in {between}s"
+    );
     let name = "dataflow_stream_commit_duration_seconds";
     let count = samples[&format!("{name}_count{{{p}}}")];
     let inf = samples[&format!("{name}_bucket{{{p},le=\"+Inf\"}}")];

@@ -2,7 +2,6 @@
 //! stages its output, and all commit together through one [`CommitGate`];
 //! a batch run opens its sources at their resume point ([`BatchOpening`]).
 
-use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -186,70 +185,4 @@ fn first_failure(outcomes: Vec<LoadOutcome>) -> Result<Vec<(SinkReport, Duration
         }
     }
     Err(failures.swap_remove(cause).1)
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-impl fmt::Display for RunSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "pipeline \"{}\" succeeded in {:.2}s",
-            self.pipeline,
-            self.elapsed.as_secs_f64()
-        )?;
-        let labels: Vec<String> = self
-            .steps
-            .iter()
-            .map(|s| format!("{} {}", s.kind, s.step))
-            .collect();
-        let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(4);
-        writeln!(
-            f,
-            "{:<width$} {:>12} {:>11} {:>8}  detail",
-            "step", "rows", "bytes", "time"
-        )?;
-        for (s, label) in self.steps.iter().zip(labels) {
-            let rows = s.rows.map_or("-".to_string(), |r| r.to_string());
-            let bytes = s.bytes.map_or("-".to_string(), human_bytes);
-            let time = s
-                .duration
-                .map_or("-".to_string(), |d| format!("{:.2}s", d.as_secs_f64()));
-            let detail = if s.detail.is_empty() && s.kind != StepKind::Load {
-                "fused into the loads' plans"
-            } else {
-                &s.detail
-            };
-            writeln!(
-                f,
-                "{label:<width$} {rows:>12} {bytes:>11} {time:>8}  {detail}"
-            )?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_bytes;
-
-    #[test]
-    fn formats_bytes() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(2048), "2.0 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-    }
 }

@@ -156,24 +156,137 @@ pub fn kill(signal: &str, pid: u32) {
     assert!(status.success());
 }
 
-/// GET /metrics, or `None` while nothing listens yet.
+/// A `run-pipeline` process serving metrics on a port it chose itself.
+pub struct Serving {
+    child: std::process::Child,
+    /// Where it serves, e.g. `127.0.0.1:41234`.
+    pub addr: String,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Serving {
+    /// Starts `cmd` with `-v --metrics-addr 127.0.0.1:0` and waits for the
+    /// address it reports (its stderr is collected meanwhile).
+    pub fn start(mut cmd: Command) -> Serving {
+        use std::io::BufRead;
+        let mut child = cmd
+            .args(["-v", "--metrics-addr", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run-pipeline starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("no metrics address reported:\n{seen}");
+            };
+            seen += &line;
+            seen.push('\n');
+            if let Some((_, url)) = line.split_once("serving metrics at http://") {
+                break url.trim_end_matches("/metrics").to_string();
+            }
+        };
+        assert!(
+            addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+            "{addr}"
+        );
+        let stderr = std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .fold(seen, |text, line| text + &line + "\n")
+        });
+        Serving {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// GET /metrics, parsed.
+    pub fn scrape(&self) -> Samples {
+        parse(&scrape(&self.addr).expect("the endpoint answers"))
+    }
+
+    /// Sends SIGTERM and waits; the exit code and all of stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        kill("-TERM", self.child.id());
+        let status = self.child.wait().unwrap();
+        (status.code(), self.stderr.join().unwrap())
+    }
+}
+
+/// GET /metrics, or `None` while nothing listens.
 pub fn scrape(addr: &str) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .ok()?;
-    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let request = b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    std::io::Write::write_all(&mut stream, request).ok()?;
     let mut response = String::new();
     std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
     Some(body.to_string())
 }
 
-/// Parses the text exposition into `series → value`, checking every line.
-pub fn parse(text: &str) -> std::collections::HashMap<String, f64> {
+/// Samples by series, labels in name order (`name{a="1",b="2"}`): look
+/// series up in any label order.
+#[derive(Debug)]
+pub struct Samples(std::collections::HashMap<String, f64>);
+
+impl Samples {
+    /// The value of `series`, if present.
+    pub fn get(&self, series: impl AsRef<str>) -> Option<&f64> {
+        self.0.get(&canonical(series.as_ref()))
+    }
+}
+
+impl std::ops::Index<&String> for Samples {
+    type Output = f64;
+
+    fn index(&self, series: &String) -> &f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {self:?}"))
+    }
+}
+
+/// `series` with its labels sorted.
+fn canonical(series: &str) -> String {
+    let Some((name, labels)) = series.strip_suffix('}').and_then(|s| s.split_once('{')) else {
+        return series.to_string();
+    };
+    let mut labels_sorted = Vec::new();
+    let (mut label, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in labels.chars() {
+        if c == ',' && !quoted {
+            labels_sorted.push(std::mem::take(&mut label));
+            continue;
+        }
+        if c == '"' && !escaped {
+            quoted = !quoted;
+        }
+        escaped = c == '\\' && !escaped;
+        label.push(c);
+    }
+    labels_sorted.push(label);
+    labels_sorted.sort();
+    format!("{name}{{{}}}", labels_sorted.join(","))
+}
+
+/// Parses the OpenMetrics text into samples, checking every line: HELP and
+/// TYPE comments, `dataflow_` series, numbers, and `# EOF` last.
+pub fn parse(text: &str) -> Samples {
     let mut samples = std::collections::HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
+    for line in text.lines().filter(|l| !l.is_empty() && *l != "# EOF") {
         if let Some(comment) = line.strip_prefix("# ") {
             let mut words = comment.split(' ');
             assert!(matches!(words.next(), Some("HELP" | "TYPE")), "{line}");
@@ -182,7 +295,7 @@ pub fn parse(text: &str) -> std::collections::HashMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').unwrap();
         assert!(series.starts_with("dataflow_"), "{line}");
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
-        samples.insert(series.to_string(), value);
+        samples.insert(canonical(series), value);
     }
-    samples
+    Samples(samples)
 }

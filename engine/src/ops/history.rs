@@ -1,26 +1,23 @@
 //! Run history: one JSON object per line in `<state dir>/history.jsonl`,
 //! appended for every attempt and every skipped schedule slot, and for
 //! streaming runs when they start, every so often while they run, and when
-//! they stop; readable by any tool that reads JSON lines.
+//! they stop; readable by any tool that reads JSON lines. What goes into the
+//! records is decided in [`crate::ops::record`].
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{Classifier, ErrorClass};
+use crate::classify::ErrorClass;
 use crate::error::{Error, Result};
-use crate::spec::{PipelineSpec, StepKind};
-use crate::stream::{BatchReport, StreamSummary};
 
-/// What started a run.
+/// What started a run (the `trigger` field of a record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Trigger {
+pub enum RunCause {
     /// `run-pipeline run`.
     Manual,
     /// A schedule slot.
@@ -97,7 +94,8 @@ pub struct RunRecord {
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: u32,
     /// What started this attempt.
-    pub trigger: Trigger,
+    #[serde(rename = "trigger")]
+    pub cause: RunCause,
     /// The schedule slot, for scheduled runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -122,6 +120,29 @@ pub struct RunRecord {
     pub stream: Option<StreamProgress>,
 }
 
+impl RunRecord {
+    /// The first attempt of a new run of `pipeline` (a fresh run id),
+    /// started now by `cause` for `scheduled_for`; `running` until its
+    /// outcome is known.
+    pub fn begin(pipeline: &str, cause: RunCause, scheduled_for: Option<DateTime<Utc>>) -> Self {
+        let now = Utc::now();
+        RunRecord {
+            pipeline: pipeline.to_string(),
+            run_id: uuid::Uuid::new_v4().to_string(),
+            attempt: 1,
+            cause,
+            scheduled_for,
+            start: now,
+            end: now,
+            status: Status::Running,
+            error: None,
+            error_class: None,
+            steps: Vec::new(),
+            stream: None,
+        }
+    }
+}
+
 /// How far a streaming run has got: batches committed, positions consumed
 /// and rows written so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,156 +154,6 @@ pub struct StreamProgress {
     pub rows_in: i64,
     /// Rows written, summed over the loads.
     pub rows_out: u64,
-}
-
-/// A progress record of a running stream is written after this many batches
-/// since the last record...
-pub const STREAM_RECORD_BATCHES: u64 = 100;
-/// ... or at the first batch this long after it, whichever comes first.
-pub const STREAM_RECORD_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The history of one streaming run: a `running` record at its start, one
-/// with the counts so far every [`STREAM_RECORD_BATCHES`] batches or
-/// [`STREAM_RECORD_INTERVAL`] (checked when a batch commits), and one when it
-/// ends (`succeeded`: the trigger ended it; `stopped`: a signal; `failed`).
-/// All share one run id. Failing to write a record is logged, never fatal.
-#[derive(Debug)]
-pub struct StreamRun {
-    history: History,
-    record: RunRecord,
-    progress: StreamProgress,
-    /// Positions consumed per streaming source step (its display name).
-    read: BTreeMap<String, i64>,
-    /// Index, method, name and kind of the extract and load steps.
-    steps: Vec<StepRecord>,
-    last_record: Instant,
-    batches_at_last_record: u64,
-}
-
-impl StreamRun {
-    /// Records the start of a streaming run of `spec` (trigger `manual`).
-    pub fn start(history: History, spec: &PipelineSpec) -> Self {
-        let steps = spec
-            .steps
-            .iter()
-            .filter(|i| i.kind != StepKind::Transform)
-            .map(|i| StepRecord {
-                index: i.step.index,
-                method: i.step.method.clone(),
-                name: i.step.name.clone(),
-                kind: i.kind.to_string(),
-                rows: None,
-                bytes: None,
-                duration_ms: None,
-            })
-            .collect();
-        let now = Utc::now();
-        let mut run = StreamRun {
-            history,
-            record: RunRecord {
-                pipeline: spec.name.clone(),
-                run_id: uuid::Uuid::new_v4().to_string(),
-                attempt: 1,
-                trigger: Trigger::Manual,
-                scheduled_for: None,
-                start: now,
-                end: now,
-                status: Status::Running,
-                error: None,
-                error_class: None,
-                steps: Vec::new(),
-                stream: None,
-            },
-            progress: StreamProgress::default(),
-            read: BTreeMap::new(),
-            steps,
-            last_record: Instant::now(),
-            batches_at_last_record: 0,
-        };
-        run.append();
-        run
-    }
-
-    /// The run id all records of this run share.
-    pub fn run_id(&self) -> &str {
-        &self.record.run_id
-    }
-
-    /// The counts so far.
-    pub fn progress(&self) -> StreamProgress {
-        self.progress
-    }
-
-    /// Counts a committed batch; writes a progress record when one is due.
-    pub fn batch(&mut self, batch: &BatchReport) {
-        self.progress.batches += 1;
-        self.progress.rows_in += batch.rows_in;
-        self.progress.rows_out += batch.rows_out;
-        for source in &batch.sources {
-            let read: i64 = source.partitions.iter().map(|p| p.end - p.start).sum();
-            *self.read.entry(source.step.clone()).or_default() += read;
-        }
-        if self.progress.batches - self.batches_at_last_record >= STREAM_RECORD_BATCHES
-            || self.last_record.elapsed() >= STREAM_RECORD_INTERVAL
-        {
-            self.append();
-        }
-    }
-
-    /// Records how the run ended and returns that status: `succeeded` when
-    /// its trigger ended it, `stopped` on a signal, `failed` on an error
-    /// (classified by `classifier`).
-    pub fn finish(mut self, result: &Result<StreamSummary>, classifier: &Classifier) -> Status {
-        match result {
-            Ok(summary) if summary.interrupted => self.record.status = Status::Stopped,
-            Ok(_) => self.record.status = Status::Succeeded,
-            Err(Error::Cancelled) => self.record.status = Status::Stopped,
-            Err(err) => {
-                self.record.status = Status::Failed;
-                self.record.error = Some(err.to_string());
-                self.record.error_class = Some(classifier.classify(err));
-            }
-        }
-        self.append();
-        self.record.status
-    }
-
-    /// Appends a record with the counts so far, ending now.
-    fn append(&mut self) {
-        self.record.end = Utc::now();
-        let loads = self.steps.iter().filter(|s| s.kind == "load").count();
-        // Per-step rows: each streaming source's positions read; the rows
-        // written when there is one load (several loads: only their sum,
-        // `rowsOut`, is known).
-        self.record.steps = self
-            .steps
-            .iter()
-            .filter_map(|step| {
-                let mut step = step.clone();
-                if step.kind == "load" {
-                    step.rows = (loads == 1).then_some(self.progress.rows_out);
-                } else {
-                    let name = crate::error::StepRef {
-                        index: step.index,
-                        method: step.method.clone(),
-                        name: step.name.clone(),
-                    }
-                    .to_string();
-                    step.rows = Some(u64::try_from(*self.read.get(&name)?).unwrap_or(0));
-                }
-                Some(step)
-            })
-            .collect();
-        let record = RunRecord {
-            stream: Some(self.progress),
-            ..self.record.clone()
-        };
-        if let Err(err) = self.history.append(&record) {
-            tracing::warn!("run history not recorded: {err}");
-        }
-        self.last_record = Instant::now();
-        self.batches_at_last_record = self.progress.batches;
-    }
 }
 
 /// The history file of one state directory.
@@ -396,7 +267,7 @@ mod tests {
             pipeline: pipeline.into(),
             run_id: "r1".into(),
             attempt,
-            trigger: Trigger::Manual,
+            cause: RunCause::Manual,
             scheduled_for: None,
             start: now,
             end: now,

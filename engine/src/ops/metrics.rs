@@ -1,48 +1,79 @@
-//! Run metrics: counters and a duration histogram kept in memory, exposed in
-//! the Prometheus text format over a minimal HTTP responder and as JSON.
+//! Run metrics: counts, gauges and duration histograms kept in memory,
+//! exposed in the Prometheus (OpenMetrics) text format through
+//! `prometheus-client`, and as JSON for `--metrics-file`.
+//!
+//! The counts live in plain maps (the JSON file reads them too) and are
+//! encoded by a [`Collector`] at each scrape; the histograms are the
+//! library's.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::error::{Error, Result};
 use crate::ops::history::Status;
 use crate::run::RunSummary;
 use crate::stream::BatchReport;
 
+/// The HTTP `Content-Type` of [`Metrics::render_prometheus`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Upper bounds (seconds) of the step duration histogram buckets.
-const BUCKETS: [f64; 14] = [
+const STEP_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
-
-/// A step, as metrics labels.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct StepKey {
-    pipeline: String,
-    step: usize,
-    method: String,
-}
-
-#[derive(Debug, Default)]
-struct StepStats {
-    rows: u64,
-    bytes: u64,
-    /// Observations per bucket of [`BUCKETS`] (not cumulative).
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
 
 /// Upper bounds (seconds) of the streaming batch commit duration buckets.
 const COMMIT_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// Durations: the histogram exposed, and its count and sum for the JSON
+/// (the library keeps those to itself).
+#[derive(Debug)]
+struct Timings {
+    histogram: Histogram,
+    count: u64,
+    sum: f64,
+}
+
+impl Timings {
+    fn new(buckets: &[f64]) -> Self {
+        Timings {
+            histogram: Histogram::new(buckets.iter().copied()),
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, duration: Duration) {
+        let secs = duration.as_secs_f64();
+        self.histogram.observe(secs);
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// A load step, as metrics labels: pipeline, step index, method.
+type StepKey = (String, usize, String);
+
+#[derive(Debug)]
+struct StepStats {
+    rows: u64,
+    bytes: u64,
+    duration: Timings,
+}
 
 /// One streaming pipeline's batches.
 #[derive(Debug)]
@@ -54,26 +85,7 @@ struct StreamStats {
     last_commit: Instant,
     /// Lag after the last batch, per (source step, partition key).
     lag: BTreeMap<(String, String), i64>,
-    /// Commit durations: observations per bucket of [`COMMIT_BUCKETS`] (not
-    /// cumulative), count and sum.
-    commit_buckets: [u64; COMMIT_BUCKETS.len()],
-    commit_count: u64,
-    commit_sum: f64,
-}
-
-impl StreamStats {
-    fn new() -> Self {
-        StreamStats {
-            batches: 0,
-            rows_in: 0,
-            rows_out: 0,
-            last_commit: Instant::now(),
-            lag: BTreeMap::new(),
-            commit_buckets: [0; COMMIT_BUCKETS.len()],
-            commit_count: 0,
-            commit_sum: 0.0,
-        }
-    }
+    commits: Timings,
 }
 
 #[derive(Debug, Default)]
@@ -119,169 +131,72 @@ impl Metrics {
             let Some(duration) = report.duration else {
                 continue;
             };
-            let key = StepKey {
-                pipeline: summary.pipeline.clone(),
-                step: report.step.index,
-                method: report.step.method.clone(),
-            };
-            let stats = state.steps.entry(key).or_default();
+            let key = (
+                summary.pipeline.clone(),
+                report.step.index,
+                report.step.method.clone(),
+            );
+            let stats = state.steps.entry(key).or_insert_with(|| StepStats {
+                rows: 0,
+                bytes: 0,
+                duration: Timings::new(&STEP_BUCKETS),
+            });
             stats.rows += report.rows.unwrap_or(0);
             stats.bytes += report.bytes.unwrap_or(0);
-            observe(stats, duration);
+            stats.duration.observe(duration);
         }
     }
 
     /// A streaming run of `pipeline` starts: its series appear, and the
     /// seconds since the last commit count from now until the first one.
     pub fn stream_started(&self, pipeline: &str) {
-        let mut state = self.state();
-        let stats = state
-            .streams
-            .entry(pipeline.to_string())
-            .or_insert_with(StreamStats::new);
-        stats.last_commit = Instant::now();
+        self.stream(pipeline, |stats| stats.last_commit = Instant::now());
     }
 
     /// Counts a committed micro-batch of `pipeline`: batches, rows, the lag
     /// of every source partition after it, and the commit duration.
     pub fn stream_batch(&self, pipeline: &str, batch: &BatchReport) {
+        self.stream(pipeline, |stats| {
+            stats.batches += 1;
+            stats.rows_in += batch.rows_in;
+            stats.rows_out += batch.rows_out;
+            stats.last_commit = Instant::now();
+            for source in &batch.sources {
+                for partition in &source.partitions {
+                    let key = (source.step.clone(), partition.key.clone());
+                    stats.lag.insert(key, partition.lag);
+                }
+            }
+            if let Some(commit) = batch.commit {
+                stats.commits.observe(commit);
+            }
+        });
+    }
+
+    fn stream(&self, pipeline: &str, update: impl FnOnce(&mut StreamStats)) {
         let mut state = self.state();
         let stats = state
             .streams
             .entry(pipeline.to_string())
-            .or_insert_with(StreamStats::new);
-        stats.batches += 1;
-        stats.rows_in += batch.rows_in;
-        stats.rows_out += batch.rows_out;
-        stats.last_commit = Instant::now();
-        for source in &batch.sources {
-            for partition in &source.partitions {
-                stats
-                    .lag
-                    .insert((source.step.clone(), partition.key.clone()), partition.lag);
-            }
-        }
-        if let Some(commit) = batch.commit {
-            let secs = commit.as_secs_f64();
-            if let Some(i) = COMMIT_BUCKETS.iter().position(|bound| secs <= *bound) {
-                stats.commit_buckets[i] += 1;
-            }
-            stats.commit_count += 1;
-            stats.commit_sum += secs;
-        }
+            .or_insert_with(|| StreamStats {
+                batches: 0,
+                rows_in: 0,
+                rows_out: 0,
+                last_commit: Instant::now(),
+                lag: BTreeMap::new(),
+                commits: Timings::new(&COMMIT_BUCKETS),
+            });
+        update(stats);
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The OpenMetrics text exposition (served as [`CONTENT_TYPE`]).
     pub fn render_prometheus(&self) -> String {
-        let state = self.state();
-        let mut out = String::new();
-        header(
-            &mut out,
-            "dataflow_runs_total",
-            "counter",
-            "Pipeline run attempts and skipped schedule slots, by outcome.",
-        );
-        for ((pipeline, status), n) in &state.runs {
-            sample(
-                &mut out,
-                "dataflow_runs_total",
-                &vec![
-                    ("pipeline", pipeline.clone()),
-                    ("status", status.to_string()),
-                ],
-                *n as f64,
-            );
-        }
-        header(
-            &mut out,
-            "dataflow_last_run_timestamp_seconds",
-            "gauge",
-            "Unix time of the last run attempt ending with each outcome.",
-        );
-        for ((pipeline, status), t) in &state.last_run {
-            sample(
-                &mut out,
-                "dataflow_last_run_timestamp_seconds",
-                &vec![
-                    ("pipeline", pipeline.clone()),
-                    ("status", status.to_string()),
-                ],
-                *t,
-            );
-        }
-        header(
-            &mut out,
-            "dataflow_retries_total",
-            "counter",
-            "Retries after transient failures.",
-        );
-        for (pipeline, n) in &state.retries {
-            sample(
-                &mut out,
-                "dataflow_retries_total",
-                &vec![("pipeline", pipeline.clone())],
-                *n as f64,
-            );
-        }
-        header(
-            &mut out,
-            "dataflow_rows_written_total",
-            "counter",
-            "Rows written by load steps.",
-        );
-        for (key, stats) in &state.steps {
-            sample(
-                &mut out,
-                "dataflow_rows_written_total",
-                &key.labels(),
-                stats.rows as f64,
-            );
-        }
-        header(
-            &mut out,
-            "dataflow_bytes_written_total",
-            "counter",
-            "Bytes written by load steps.",
-        );
-        for (key, stats) in &state.steps {
-            sample(
-                &mut out,
-                "dataflow_bytes_written_total",
-                &key.labels(),
-                stats.bytes as f64,
-            );
-        }
-        let name = "dataflow_step_duration_seconds";
-        header(&mut out, name, "histogram", "Wall time of load steps.");
-        for (key, stats) in &state.steps {
-            let labels = key.labels();
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(stats.buckets) {
-                cumulative += n;
-                let le = bound.to_string();
-                sample(
-                    &mut out,
-                    &format!("{name}_bucket"),
-                    &with_le(&labels, &le),
-                    cumulative as f64,
-                );
-            }
-            sample(
-                &mut out,
-                &format!("{name}_bucket"),
-                &with_le(&labels, "+Inf"),
-                stats.count as f64,
-            );
-            sample(&mut out, &format!("{name}_sum"), &labels, stats.sum);
-            sample(
-                &mut out,
-                &format!("{name}_count"),
-                &labels,
-                stats.count as f64,
-            );
-        }
-        render_streams(&mut out, &state.streams);
-        out
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String does not fail");
+        text
     }
 
     /// The same metrics as JSON, for `--metrics-file`.
@@ -300,239 +215,244 @@ impl Metrics {
         let steps: Vec<Value> = state
             .steps
             .iter()
-            .map(|(key, stats)| {
-                json!({
-                    "pipeline": key.pipeline,
-                    "step": key.step,
-                    "method": key.method,
-                    "runs": stats.count,
-                    "rowsWritten": stats.rows,
-                    "bytesWritten": stats.bytes,
-                    "durationSeconds": stats.sum,
-                })
-            })
-            .collect();
-        let streams: Vec<Value> = state
-            .streams
-            .iter()
-            .map(|(pipeline, stats)| {
-                let lag: Vec<Value> = stats
-                    .lag
-                    .iter()
-                    .map(|((source, partition), lag)| {
-                        json!({"source": source, "partition": partition, "lag": lag})
-                    })
-                    .collect();
+            .map(|((pipeline, step, method), stats)| {
                 json!({
                     "pipeline": pipeline,
-                    "batches": stats.batches,
-                    "rowsIn": stats.rows_in,
-                    "rowsOut": stats.rows_out,
-                    "secondsSinceLastCommit": stats.last_commit.elapsed().as_secs_f64(),
-                    "commits": stats.commit_count,
-                    "commitSeconds": stats.commit_sum,
-                    "lag": lag,
+                    "step": step,
+                    "method": method,
+                    "runs": stats.duration.count,
+                    "rowsWritten": stats.rows,
+                    "bytesWritten": stats.bytes,
+                    "durationSeconds": stats.duration.sum,
                 })
             })
             .collect();
+        let streams: Vec<Value> = state.streams.iter().map(stream_json).collect();
         json!({"runs": runs, "retries": retries, "steps": steps, "streams": streams})
     }
+}
 
-    /// Serves [`render_prometheus`](Self::render_prometheus) at `/metrics`
-    /// on `addr` until the returned task is aborted.
-    pub async fn serve(&self, addr: SocketAddr) -> Result<tokio::task::JoinHandle<()>> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Io {
-            context: format!("cannot serve metrics on {addr}"),
-            source,
-        })?;
-        tracing::info!("serving metrics on http://{addr}/metrics");
-        let metrics = self.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        let metrics = metrics.clone();
-                        tokio::spawn(async move {
-                            if let Err(err) = metrics.respond(stream).await {
-                                tracing::debug!("metrics request failed: {err}");
-                            }
-                        });
-                    }
-                    Err(err) => tracing::warn!("metrics listener: {err}"),
-                }
-            }
-        }))
-    }
+fn stream_json((pipeline, stats): (&String, &StreamStats)) -> Value {
+    let lag: Vec<Value> = stats
+        .lag
+        .iter()
+        .map(|((source, partition), lag)| {
+            json!({"source": source, "partition": partition, "lag": lag})
+        })
+        .collect();
+    json!({
+        "pipeline": pipeline,
+        "batches": stats.batches,
+        "rowsIn": stats.rows_in,
+        "rowsOut": stats.rows_out,
+        "secondsSinceLastCommit": stats.last_commit.elapsed().as_secs_f64(),
+        "commits": stats.commits.count,
+        "commitSeconds": stats.commits.sum,
+        "lag": lag,
+    })
+}
 
-    /// Answers one HTTP/1.x request and closes the connection.
-    async fn respond(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        let read_head = async {
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-                let n = stream.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buf[..n]);
-            }
-            std::io::Result::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(5), read_head)
-            .await
-            .map_err(std::io::Error::other)??;
-        let line = String::from_utf8_lossy(&request);
-        let mut parts = line.split_whitespace();
-        let (status, body) = match (parts.next(), parts.next()) {
-            (Some("GET"), Some("/metrics" | "/")) => ("200 OK", self.render_prometheus()),
-            (Some("GET"), _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
-            _ => ("405 Method Not Allowed", "only GET\n".to_string()),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let state = self.state();
+        encode_runs(&mut encoder, &state)?;
+        encode_steps(&mut encoder, &state.steps)?;
+        encode_streams(&mut encoder, &state.streams)
     }
 }
 
-impl StepKey {
-    fn labels(&self) -> Labels {
-        vec![
-            ("pipeline", self.pipeline.clone()),
-            ("step", self.step.to_string()),
-            ("method", self.method.clone()),
+/// Run outcomes and retries.
+fn encode_runs(out: &mut DescriptorEncoder, state: &State) -> fmt::Result {
+    let run = |(pipeline, status): &(String, &str)| {
+        [
+            ("pipeline", Label::new(pipeline)),
+            ("status", Label::new(status)),
         ]
-    }
+    };
+    family(
+        out,
+        "dataflow_runs",
+        "Pipeline run attempts and skipped schedule slots, by outcome.",
+        state
+            .runs
+            .iter()
+            .map(|(k, n)| (run(k), ConstCounter::new(*n))),
+    )?;
+    family(
+        out,
+        "dataflow_last_run_timestamp_seconds",
+        "Unix time of the last run attempt ending with each outcome.",
+        state
+            .last_run
+            .iter()
+            .map(|(k, t)| (run(k), ConstGauge::new(*t))),
+    )?;
+    family(
+        out,
+        "dataflow_retries",
+        "Retries after transient failures.",
+        state
+            .retries
+            .iter()
+            .map(|(p, n)| (pipeline(p), ConstCounter::new(*n))),
+    )
 }
 
-/// The series of streaming runs, when there are any.
-fn render_streams(out: &mut String, streams: &BTreeMap<String, StreamStats>) {
-    if streams.is_empty() {
-        return;
-    }
-    let pipeline = |name: &String| vec![("pipeline", name.clone())];
-    type Counter = (&'static str, &'static str, fn(&StreamStats) -> f64);
-    let counters: [Counter; 3] = [
+/// Rows, bytes and durations of load steps.
+fn encode_steps(out: &mut DescriptorEncoder, steps: &BTreeMap<StepKey, StepStats>) -> fmt::Result {
+    let step = |(pipeline, step, method): &StepKey| {
+        [
+            ("pipeline", Label::new(pipeline)),
+            ("step", Label(step.to_string())),
+            ("method", Label::new(method)),
+        ]
+    };
+    family(
+        out,
+        "dataflow_rows_written",
+        "Rows written by load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), ConstCounter::new(s.rows))),
+    )?;
+    family(
+        out,
+        "dataflow_bytes_written",
+        "Bytes written by load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), ConstCounter::new(s.bytes))),
+    )?;
+    family(
+        out,
+        "dataflow_step_duration_seconds",
+        "Wall time of load steps.",
+        steps
+            .iter()
+            .map(|(k, s)| (step(k), s.duration.histogram.clone())),
+    )
+}
+
+/// Batches and rows of streaming runs.
+fn encode_stream_counts(
+    out: &mut DescriptorEncoder,
+    streams: &BTreeMap<String, StreamStats>,
+) -> fmt::Result {
+    type Count = (&'static str, &'static str, fn(&StreamStats) -> u64);
+    let counts: [Count; 3] = [
         (
-            "dataflow_stream_batches_total",
+            "dataflow_stream_batches",
             "Micro-batches committed by streaming pipelines.",
-            |s| s.batches as f64,
+            |s| s.batches,
         ),
         (
-            "dataflow_stream_rows_in_total",
+            "dataflow_stream_rows_in",
             "Source positions (Kafka: records) consumed by committed micro-batches.",
-            |s| s.rows_in as f64,
+            |s| u64::try_from(s.rows_in).unwrap_or(0),
         ),
         (
-            "dataflow_stream_rows_out_total",
+            "dataflow_stream_rows_out",
             "Rows written by committed micro-batches, summed over the loads.",
-            |s| s.rows_out as f64,
+            |s| s.rows_out,
         ),
     ];
-    for (name, help, value) in counters {
-        header(out, name, "counter", help);
-        for (key, stats) in streams {
-            sample(out, name, &pipeline(key), value(stats));
-        }
+    for (name, help, value) in counts {
+        let samples = streams
+            .iter()
+            .map(|(p, s)| (pipeline(p), ConstCounter::new(value(s))));
+        family(out, name, help, samples)?;
     }
-    let name = "dataflow_stream_consumer_lag";
-    header(
-        out,
-        name,
-        "gauge",
-        "Positions (Kafka: records) available but not yet read after the last batch, per source partition.",
-    );
-    for (key, stats) in streams {
-        for ((source, partition), lag) in &stats.lag {
-            let labels = vec![
-                ("pipeline", key.clone()),
-                ("source", source.clone()),
-                ("partition", partition.clone()),
+    Ok(())
+}
+
+/// The series of streaming runs.
+fn encode_streams(
+    out: &mut DescriptorEncoder,
+    streams: &BTreeMap<String, StreamStats>,
+) -> fmt::Result {
+    encode_stream_counts(out, streams)?;
+    let lags = streams.iter().flat_map(|(p, s)| {
+        s.lag.iter().map(move |((source, partition), lag)| {
+            let labels = [
+                ("pipeline", Label::new(p)),
+                ("source", Label::new(source)),
+                ("partition", Label::new(partition)),
             ];
-            sample(out, name, &labels, *lag as f64);
-        }
-    }
-    let name = "dataflow_stream_seconds_since_last_commit";
-    header(
+            (labels, ConstGauge::new(*lag))
+        })
+    });
+    family(
         out,
-        name,
-        "gauge",
+        "dataflow_stream_consumer_lag",
+        "Positions (Kafka: records) available but not yet read after the last batch, per source partition.",
+        lags,
+    )?;
+    family(
+        out,
+        "dataflow_stream_seconds_since_last_commit",
         "Seconds since the last micro-batch committed (since the start before the first).",
-    );
-    for (key, stats) in streams {
-        let secs = stats.last_commit.elapsed().as_secs_f64();
-        sample(out, name, &pipeline(key), (secs * 1000.0).round() / 1000.0);
-    }
-    let name = "dataflow_stream_commit_duration_seconds";
-    header(
+        streams.iter().map(|(p, s)| {
+            let secs = s.last_commit.elapsed().as_secs_f64();
+            (
+                pipeline(p),
+                ConstGauge::new((secs * 1000.0).round() / 1000.0),
+            )
+        }),
+    )?;
+    family(
         out,
-        name,
-        "histogram",
+        "dataflow_stream_commit_duration_seconds",
         "Time the sinks took to commit a micro-batch.",
-    );
-    for (key, stats) in streams {
-        let labels = pipeline(key);
-        let mut cumulative = 0;
-        for (bound, n) in COMMIT_BUCKETS.iter().zip(stats.commit_buckets) {
-            cumulative += n;
-            let le = bound.to_string();
-            sample(
-                out,
-                &format!("{name}_bucket"),
-                &with_le(&labels, &le),
-                cumulative as f64,
-            );
+        streams
+            .iter()
+            .map(|(p, s)| (pipeline(p), s.commits.histogram.clone())),
+    )
+}
+
+/// Encodes one metric family, unless it has no samples.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut samples = samples.peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut metric = out.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, sample) in samples {
+        sample.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn pipeline(name: &str) -> [(&'static str, Label); 1] {
+    [("pipeline", Label::new(name))]
+}
+
+/// A label value, escaped as the text format needs (backslash, double
+/// quote, newline): the library writes values as they are.
+struct Label(String);
+
+impl Label {
+    fn new(value: &str) -> Self {
+        Label(value.to_string())
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
         }
-        let count = stats.commit_count as f64;
-        sample(
-            out,
-            &format!("{name}_bucket"),
-            &with_le(&labels, "+Inf"),
-            count,
-        );
-        sample(out, &format!("{name}_sum"), &labels, stats.commit_sum);
-        sample(out, &format!("{name}_count"), &labels, count);
+        Ok(())
     }
-}
-
-fn observe(stats: &mut StepStats, duration: Duration) {
-    let secs = duration.as_secs_f64();
-    if let Some(i) = BUCKETS.iter().position(|bound| secs <= *bound) {
-        stats.buckets[i] += 1;
-    }
-    stats.count += 1;
-    stats.sum += secs;
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-fn with_le(labels: &Labels, le: &str) -> Labels {
-    let mut labels = labels.clone();
-    labels.push(("le", le.to_string()));
-    labels
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &Labels, value: f64) {
-    let labels: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -541,6 +461,7 @@ mod tests {
     use crate::error::StepRef;
     use crate::run::StepReport;
     use crate::spec::StepKind;
+    use crate::stream::{PartitionProgress, SourceProgress};
 
     fn summary(pipeline: &str, rows: u64, secs: f64) -> RunSummary {
         let step = |index, method: &str| StepRef {
@@ -567,6 +488,12 @@ mod tests {
         }
     }
 
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "missing {line}\n{text}");
+        }
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
@@ -577,25 +504,78 @@ mod tests {
         metrics.steps(&summary("p", 5, 0.2));
         metrics.steps(&summary("p", 7, 3.0));
         let text = metrics.render_prometheus();
-        for line in [
-            "# TYPE dataflow_runs_total counter",
-            r#"dataflow_runs_total{pipeline="daily \"sales\"",status="succeeded"} 1"#,
-            r#"dataflow_runs_total{pipeline="p",status="failed"} 1"#,
-            r#"dataflow_retries_total{pipeline="p"} 1"#,
-            r#"dataflow_rows_written_total{pipeline="p",step="1",method="toFiles"} 12"#,
-            r#"dataflow_bytes_written_total{pipeline="p",step="1",method="toFiles"} 120"#,
-            "# TYPE dataflow_step_duration_seconds histogram",
-            r#"dataflow_step_duration_seconds_bucket{pipeline="p",step="1",method="toFiles",le="0.1"} 0"#,
-            r#"dataflow_step_duration_seconds_bucket{pipeline="p",step="1",method="toFiles",le="0.25"} 1"#,
-            r#"dataflow_step_duration_seconds_bucket{pipeline="p",step="1",method="toFiles",le="5"} 2"#,
-            r#"dataflow_step_duration_seconds_bucket{pipeline="p",step="1",method="toFiles",le="+Inf"} 2"#,
-            r#"dataflow_step_duration_seconds_sum{pipeline="p",step="1",method="toFiles"} 3.2"#,
-            r#"dataflow_step_duration_seconds_count{pipeline="p",step="1",method="toFiles"} 2"#,
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
-        }
-        // Extract steps have no duration and no series.
-        assert!(!text.contains("fromFiles"));
+        assert_lines(
+            &text,
+            &[
+                "# HELP dataflow_runs Pipeline run attempts and skipped schedule slots, by outcome.",
+                "# TYPE dataflow_runs counter",
+                r#"dataflow_runs_total{pipeline="daily \"sales\"",status="succeeded"} 1"#,
+                r#"dataflow_runs_total{pipeline="p",status="failed"} 1"#,
+                "# TYPE dataflow_last_run_timestamp_seconds gauge",
+                r#"dataflow_retries_total{pipeline="p"} 1"#,
+                r#"dataflow_rows_written_total{pipeline="p",step="1",method="toFiles"} 12"#,
+                r#"dataflow_bytes_written_total{pipeline="p",step="1",method="toFiles"} 120"#,
+                "# TYPE dataflow_step_duration_seconds histogram",
+                r#"dataflow_step_duration_seconds_bucket{le="0.1",pipeline="p",step="1",method="toFiles"} 0"#,
+                r#"dataflow_step_duration_seconds_bucket{le="0.25",pipeline="p",step="1",method="toFiles"} 1"#,
+                r#"dataflow_step_duration_seconds_bucket{le="5.0",pipeline="p",step="1",method="toFiles"} 2"#,
+                r#"dataflow_step_duration_seconds_bucket{le="+Inf",pipeline="p",step="1",method="toFiles"} 2"#,
+                r#"dataflow_step_duration_seconds_sum{pipeline="p",step="1",method="toFiles"} 3.2"#,
+                r#"dataflow_step_duration_seconds_count{pipeline="p",step="1",method="toFiles"} 2"#,
+            ],
+        );
+        assert_eq!(text.lines().last(), Some("# EOF"));
+        // Extract steps have no duration and no series; no stream, no
+        // stream series.
+        assert!(!text.contains("fromFiles") && !text.contains("stream"));
+    }
+
+    #[test]
+    fn renders_stream_series() {
+        let metrics = Metrics::default();
+        metrics.stream_started("s");
+        let partition = |key: &str, lag| PartitionProgress {
+            key: key.into(),
+            start: 0,
+            end: 10,
+            lag,
+        };
+        let batch = BatchReport {
+            id: 1,
+            rows_in: 20,
+            rows_out: 7,
+            sources: vec![SourceProgress {
+                step: "steps[0] (fromKafka)".into(),
+                partitions: vec![partition("t/0", 3), partition("t/1", 0)],
+                lag: 3,
+            }],
+            duration: Duration::from_millis(50),
+            commit: Some(Duration::from_millis(20)),
+        };
+        metrics.stream_batch("s", &batch);
+        let text = metrics.render_prometheus();
+        assert_lines(
+            &text,
+            &[
+                "# TYPE dataflow_stream_batches counter",
+                r#"dataflow_stream_batches_total{pipeline="s"} 1"#,
+                r#"dataflow_stream_rows_in_total{pipeline="s"} 20"#,
+                r#"dataflow_stream_rows_out_total{pipeline="s"} 7"#,
+                r#"dataflow_stream_consumer_lag{pipeline="s",source="steps[0] (fromKafka)",partition="t/0"} 3"#,
+                r#"dataflow_stream_consumer_lag{pipeline="s",source="steps[0] (fromKafka)",partition="t/1"} 0"#,
+                r#"dataflow_stream_commit_duration_seconds_bucket{le="0.01",pipeline="s"} 0"#,
+                r#"dataflow_stream_commit_duration_seconds_bucket{le="0.025",pipeline="s"} 1"#,
+                r#"dataflow_stream_commit_duration_seconds_count{pipeline="s"} 1"#,
+                r#"dataflow_stream_commit_duration_seconds_sum{pipeline="s"} 0.02"#,
+            ],
+        );
+        let json = metrics.to_json();
+        let stream = &json["streams"][0];
+        assert_eq!(
+            (&stream["commits"], &stream["rowsIn"]),
+            (&json!(1), &json!(20))
+        );
+        assert_eq!(stream["lag"][0]["lag"], 3);
     }
 
     #[test]
@@ -603,34 +583,12 @@ mod tests {
         let metrics = Metrics::default();
         metrics.run_ended("p", Status::Skipped);
         metrics.steps(&summary("p", 3, 0.5));
+        metrics.steps(&summary("p", 4, 0.25));
         let json = metrics.to_json();
         assert_eq!(json["runs"][0]["status"], "skipped");
-        assert_eq!(json["steps"][0]["rowsWritten"], 3);
+        assert_eq!(json["steps"][0]["rowsWritten"], 7);
+        assert_eq!(json["steps"][0]["runs"], 2);
+        assert_eq!(json["steps"][0]["durationSeconds"], 0.75);
         assert_eq!(json["retries"].as_array().unwrap().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn serves_over_http() {
-        let metrics = Metrics::default();
-        metrics.run_ended("p", Status::Succeeded);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let server = metrics.serve(port).await.unwrap();
-        let get = |path: &'static str| async move {
-            let mut stream = TcpStream::connect(port).await.unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        };
-        let ok = get("/metrics").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
-        assert!(ok.contains(r#"dataflow_runs_total{pipeline="p",status="succeeded"} 1"#));
-        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
-        server.abort();
     }
 }

@@ -7,8 +7,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::classify::{Classifier, ErrorClass};
+use tokio_util::sync::CancellationToken;
+
 use crate::error::Error;
-use crate::ops::shutdown::Shutdown;
 use crate::spec::Backoff;
 
 /// How often and how patiently a failed operation is retried: a run, or a
@@ -44,7 +45,7 @@ impl RetryPolicy {
 pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
     classifier: &Classifier,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     mut attempt: F,
     mut on_retry: impl FnMut(u32, &Error, Duration),
 ) -> Result<T, Error>
@@ -65,7 +66,7 @@ where
         on_retry(n, &err, delay);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.clone().wait() => return Err(Error::Cancelled),
+            () = shutdown.cancelled() => return Err(Error::Cancelled),
         }
         n += 1;
     }
@@ -75,7 +76,6 @@ where
 mod tests {
     use super::*;
     use crate::error::StepRef;
-    use crate::ops::shutdown::shutdown;
 
     fn step_error(message: &str) -> Error {
         let step = StepRef {
@@ -113,7 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_failures_until_success() {
-        let (_trigger, signal) = shutdown();
+        let signal = CancellationToken::new();
         let mut retried = Vec::new();
         let result = retry(
             &policy(3, 1, 5),
@@ -135,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_failures_and_exhausted_retries_stop() {
-        let (_trigger, signal) = shutdown();
+        let signal = CancellationToken::new();
         let mut attempts = 0;
         let result: Result<(), _> = retry(
             &policy(5, 1, 5),
@@ -169,8 +169,8 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_interrupts_the_backoff() {
-        let (trigger, signal) = shutdown();
-        trigger.fire();
+        let signal = CancellationToken::new();
+        signal.cancel();
         let result: Result<(), _> = retry(
             &policy(5, 60_000, 60_000),
             &Classifier::new(),

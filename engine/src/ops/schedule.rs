@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::ops::runner::{Runner, Trigger};
-use crate::ops::shutdown::Shutdown;
+use crate::ops::history::RunCause;
+use crate::ops::runner::Runner;
 use crate::spec::{CatchUp, CronSchedule, Overlap, PipelineSpec};
 
 /// One pipeline to run on its schedule.
@@ -30,7 +31,7 @@ pub struct Job {
 /// Runs every job on its schedule until `shutdown` fires, then lets running
 /// pipelines stop cleanly (cancelled before their commit point, or finishing
 /// a commit already under way) and returns.
-pub async fn run_schedules(jobs: Vec<Job>, shutdown: Shutdown) {
+pub async fn run_schedules(jobs: Vec<Job>, shutdown: CancellationToken) {
     let tasks = jobs
         .into_iter()
         .map(|job| tokio::spawn(run_job(job, shutdown.clone())));
@@ -41,7 +42,7 @@ pub async fn run_schedules(jobs: Vec<Job>, shutdown: Shutdown) {
     }
 }
 
-async fn run_job(job: Job, shutdown: Shutdown) {
+async fn run_job(job: Job, shutdown: CancellationToken) {
     let Job {
         spec,
         schedule,
@@ -55,13 +56,13 @@ async fn run_job(job: Job, shutdown: Shutdown) {
             (spec.clone(), runner.clone(), busy.clone(), shutdown.clone());
         tokio::spawn(async move {
             while let Some(slot) = pending.recv().await {
-                if shutdown.is_fired() {
+                if shutdown.is_cancelled() {
                     break;
                 }
                 busy.store(true, Ordering::SeqCst);
                 // The outcome is in the history, the metrics and the log.
                 let _ = runner
-                    .run(&spec, Trigger::Schedule, Some(slot), shutdown.clone())
+                    .run(&spec, RunCause::Schedule, Some(slot), &shutdown)
                     .await;
                 busy.store(false, Ordering::SeqCst);
             }
@@ -83,7 +84,7 @@ async fn run_job(job: Job, shutdown: Shutdown) {
         let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.clone().wait() => break,
+            () = shutdown.cancelled() => break,
         }
         after = slot;
         let skip = spec.overlap == Overlap::Skip && busy.load(Ordering::SeqCst);

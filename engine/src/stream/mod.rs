@@ -6,7 +6,6 @@
 //! committed batch.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +14,10 @@ use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
+use tokio_util::sync::CancellationToken;
 
 use crate::connector::{Registry, Resume, Sink, Source};
 use crate::error::{Error, Result};
-use crate::ops::shutdown::Shutdown;
 use crate::pipeline::Pipeline;
 use crate::plan::{build_sink, build_source, Opening};
 use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
@@ -240,32 +239,6 @@ pub struct BatchReport {
     pub commit: Option<Duration>,
 }
 
-impl fmt::Display for BatchReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "batch {}: {} rows in, {} rows out, {:.2}s",
-            self.id,
-            self.rows_in,
-            self.rows_out,
-            self.duration.as_secs_f64()
-        )?;
-        if let Some(commit) = self.commit {
-            write!(f, " (commit {}ms)", commit.as_millis())?;
-        }
-        for source in &self.sources {
-            let ranges: Vec<String> = source
-                .partitions
-                .iter()
-                .filter(|p| p.start != p.end)
-                .map(|p| format!("{}:{}-{}", p.key, p.start, p.end))
-                .collect();
-            write!(f, "; offsets {} lag {}", ranges.join(" "), source.lag)?;
-        }
-        Ok(())
-    }
-}
-
 /// How a streaming run ended.
 #[derive(Debug, Clone)]
 pub struct StreamSummary {
@@ -283,25 +256,6 @@ pub struct StreamSummary {
     pub interrupted: bool,
 }
 
-impl fmt::Display for StreamSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pipeline \"{}\" {} after {:.2}s: {} batches, {} rows in, {} rows out",
-            self.pipeline,
-            if self.interrupted {
-                "stopped"
-            } else {
-                "finished"
-            },
-            self.elapsed.as_secs_f64(),
-            self.batches,
-            self.rows_in,
-            self.rows_out
-        )
-    }
-}
-
 /// Runs a streaming pipeline until its trigger ends it (`once`,
 /// `availableNow`) or `shutdown` fires: a batch in progress then is
 /// abandoned before its commit point, so nothing is half-written.
@@ -309,7 +263,7 @@ impl fmt::Display for StreamSummary {
 pub async fn run_stream(
     spec: &PipelineSpec,
     registry: &Registry,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     mut on_batch: impl FnMut(&BatchReport),
 ) -> Result<StreamSummary> {
     let mut state = StreamState::new(spec);
@@ -323,7 +277,7 @@ pub async fn run_stream(
         interrupted: false,
     };
     loop {
-        if shutdown.is_fired() {
+        if shutdown.is_cancelled() {
             summary.interrupted = true;
             break;
         }
@@ -334,7 +288,7 @@ pub async fn run_stream(
             .iter()
             .any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
         if new_data {
-            let run = match pipeline.run(shutdown.clone().wait()).await {
+            let run = match pipeline.run(shutdown.cancelled()).await {
                 Err(Error::Cancelled) => {
                     summary.interrupted = true;
                     break;
@@ -363,7 +317,7 @@ pub async fn run_stream(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.clone().wait() => {}
+            _ = shutdown.cancelled() => {}
         }
     }
     summary.elapsed = started.elapsed();
