@@ -228,10 +228,18 @@ async fn a_dropped_connection_fails_cleanly_or_is_retried() {
     let file = write_config(out.path(), "all.json", &all);
     let killed = run_and_kill(out.path(), &db, &file).await;
     assert_eq!(killed.code, 1, "{}", killed.stderr);
+    // The server's FATAL notice and the socket close race: under load the
+    // client may see the close before it reads the notice.
     assert!(
         killed
             .stderr
-            .contains("terminating connection due to administrator command"),
+            .contains("terminating connection due to administrator command")
+            || killed.stderr.contains("connection closed"),
+        "{}",
+        killed.stderr
+    );
+    assert!(
+        killed.stderr.contains("PostgreSQL COPY"),
         "{}",
         killed.stderr
     );

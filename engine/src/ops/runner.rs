@@ -30,9 +30,10 @@ pub struct Runner {
 impl Runner {
     /// A runner building connectors from `registry`.
     pub fn new(registry: Registry, history: History, metrics: Metrics) -> Self {
+        let recorder = Recorder::new(history, metrics, registry.classifier().clone());
         Runner {
             registry,
-            recorder: Recorder::new(history, metrics, registry.classifier().clone()),
+            recorder,
             progress: None,
         }
     }
