@@ -272,24 +272,45 @@ async fn a_dropped_connection_fails_cleanly_or_is_retried() {
 }
 
 /// Without a mark-recording sink the high-water mark lives in an offset log
-/// under `stateDir`, written only after the load committed: a failed run
-/// does not advance it, so the next run reads the same rows again.
+/// under the source's `stateDir`, written only after the load committed: a
+/// failed run does not advance it, so the next run reads the same rows again.
 #[tokio::test]
 async fn incremental_reads_keep_the_mark_in_state_dir_for_file_sinks() {
+    incremental_into_files("incremental_state_dir", |state| {
+        (String::new(), format!(r#", "stateDir": "{state}""#))
+    })
+    .await;
+}
+
+/// The same with the pipeline's `checkpointLocation` as the offset log.
+#[tokio::test]
+async fn incremental_reads_keep_the_mark_in_the_checkpoint_location() {
+    incremental_into_files("incremental_checkpoint", |state| {
+        (
+            format!(r#""checkpointLocation": "{state}", "#),
+            String::new(),
+        )
+    })
+    .await;
+}
+
+/// Runs an incremental fromPostgres → toFiles pipeline whose offset log
+/// directory `place(dir)` sets, as (top-level keys, source keys).
+async fn incremental_into_files(name: &str, place: impl Fn(&str) -> (String, String)) {
     let db = database(
-        "incremental_files",
+        name,
         "CREATE TABLE events (id integer PRIMARY KEY, kind text);
          INSERT INTO events VALUES (1, 'a'), (2, 'b'), (3, 'c');",
     )
     .await;
     let out = tempfile::tempdir().unwrap();
     let state = out.path().join("state");
+    let (top, source) = place(&state.display().to_string());
     let config = format!(
-        r#"{{"name": "pg-incremental", "steps": [
-        {{"type": "extract", "method": "fromPostgres", "config": {{"url": "${{PG_URL}}", "password": "${{PGPASSWORD}}", "table": "events", "incrementalColumn": "id", "stateDir": "{}", "registerAs": "events"}}}},
+        r#"{{"name": "pg-incremental", {top}"steps": [
+        {{"type": "extract", "method": "fromPostgres", "config": {{"url": "${{PG_URL}}", "password": "${{PGPASSWORD}}", "table": "events", "incrementalColumn": "id"{source}, "registerAs": "events"}}}},
         {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/${{BATCH}}", "format": "csv"}}}}
-    ]}}"#,
-        state.display()
+    ]}}"#
     );
     let file = write_config(out.path(), "incremental.json", &config);
     let run_batch = |batch: &str| -> Run {

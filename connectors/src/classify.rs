@@ -52,7 +52,7 @@ fn postgres(retryable: bool, code: Option<&SqlState>) -> Option<ErrorClass> {
 /// a server shutting down or starting up, a lock not available. Every other
 /// code (authentication, permissions, an undefined table, bad data) is the
 /// server rejecting the request: permanent.
-fn sqlstate(code: &SqlState) -> ErrorClass {
+pub(crate) fn sqlstate(code: &SqlState) -> ErrorClass {
     const TRANSIENT: &[SqlState] = &[
         SqlState::T_R_SERIALIZATION_FAILURE,
         SqlState::T_R_DEADLOCK_DETECTED,

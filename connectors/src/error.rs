@@ -1,5 +1,6 @@
 //! The connectors' error type.
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use deltalake::DeltaTableError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -24,6 +25,20 @@ pub enum ConnectorError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Arrow refused to build a batch or array (the source kept for its
+    /// kind).
+    #[error("{0}")]
+    Arrow(#[from] ArrowError),
+    /// `context` failed with a typed cause from a library (kept as the
+    /// source, so that retries can classify it).
+    #[error("{context}: {source}")]
+    Context {
+        /// What was being done, naming the path or object.
+        context: String,
+        /// The cause.
+        #[source]
+        source: DataFusionError,
     },
     /// The data or the target does not allow the operation; the message
     /// says why and how to proceed.
@@ -62,6 +77,17 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// A lost or refused PostgreSQL connection, worth another attempt.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::Postgres {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
     /// Extends a PostgreSQL error's context with `context` and its message
     /// with `note`; other errors are returned unchanged.
     pub(crate) fn with_postgres_context(self, context: &str, note: &str) -> Self {

@@ -264,10 +264,9 @@ impl FileSource {
                 ))
                 .into())
             }
-            Some(Err(err)) => {
-                return Err(
-                    ConnectorError::Rejected(format!("cannot read \"{path}\": {err}")).into(),
-                )
+            Some(Err(source)) => {
+                let context = format!("cannot read \"{path}\"");
+                return Err(ConnectorError::Context { context, source }.into());
             }
             Some(Ok(_)) => {}
         }

@@ -26,6 +26,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream_partitioned;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -179,28 +180,37 @@ impl PartitionStream for CachePartition {
         let cache = self.cache.clone();
         let index = self.index;
         let batches = futures::stream::once(async move {
-            let batches: Vec<Result<RecordBatch>> = match cache.materialize(task).await? {
-                Materialized::Memory(buckets) => buckets[index].iter().cloned().map(Ok).collect(),
-                Materialized::Disk(files) => files
-                    .iter()
-                    .skip(index)
-                    .step_by(cache.partitions)
-                    .map(|file| {
-                        let path = file.path().ok_or_else(|| {
-                            DataFusionError::Internal("a cache file has no local path".into())
-                        })?;
-                        FileReader::try_new(File::open(path)?, None).map_err(DataFusionError::from)
-                    })
-                    .collect::<Result<Vec<_>>>()?
-                    .into_iter()
-                    .flat_map(|reader| reader.map(|b| b.map_err(DataFusionError::from)))
-                    .collect(),
-            };
-            Ok::<_, DataFusionError>(futures::stream::iter(batches))
+            let batches: BoxStream<'static, Result<RecordBatch>> =
+                match cache.materialize(task).await? {
+                    Materialized::Memory(buckets) => {
+                        futures::stream::iter(buckets[index].clone().into_iter().map(Ok)).boxed()
+                    }
+                    // Read lazily, a batch at a time, file after file.
+                    Materialized::Disk(files) => {
+                        let readers = files
+                            .iter()
+                            .skip(index)
+                            .step_by(cache.partitions)
+                            .map(open_cache_file)
+                            .collect::<Result<Vec<_>>>()?;
+                        let batches = readers.into_iter().flatten();
+                        futures::stream::iter(batches.map(|b| b.map_err(DataFusionError::from)))
+                            .boxed()
+                    }
+                };
+            Ok::<_, DataFusionError>(batches)
         })
         .try_flatten();
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
     }
+}
+
+/// A reader of one cache file written by [`CacheState`].
+fn open_cache_file(file: &Arc<dyn SpillFile>) -> Result<FileReader<File>> {
+    let path = file
+        .path()
+        .ok_or_else(|| DataFusionError::Internal("a cache file has no local path".into()))?;
+    Ok(FileReader::try_new(File::open(path)?, None)?)
 }
 
 /// Wraps `plan` in a cache; returns the table to read it through and the

@@ -41,6 +41,10 @@ pub struct Resume {
     /// come from the source's offset log, if it has one (see
     /// [`Source::offset_log_dir`]).
     pub recorded_by_sinks: bool,
+    /// `marks` come from an offset log (the source's own directory or the
+    /// pipeline's `checkpointLocation`), which stores the positions this run
+    /// reaches once its loads committed.
+    pub offset_log: bool,
     /// A micro-batch of a streaming run: a streaming source reads at most
     /// its per-trigger limit. False for batch runs and trigger `once`.
     pub micro_batch: bool,

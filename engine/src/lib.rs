@@ -15,6 +15,7 @@ pub mod error;
 pub mod ops;
 pub mod pipeline;
 pub mod plan;
+pub mod progress;
 pub mod resume;
 pub mod run;
 mod scan_statistics;

@@ -7,15 +7,14 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use datafusion::execution::context::SessionContext;
-use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::displayable;
 
 use crate::commit::CommitGate;
 use crate::connector::{Mark, Registry, SinkReport};
 use crate::error::{Result, StepRef};
-use crate::ops::progress::RowCounter;
 use crate::plan::{compile, Cached, Load, Opening};
+use crate::progress::RowCounter;
 use crate::resume::OpenedSource;
 use crate::run::{write_loads, BatchOpening, RunSummary, StepReport};
 use crate::session::out_of_memory;
@@ -169,11 +168,6 @@ impl Pipeline {
     /// The session the pipeline runs in.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
-    }
-
-    /// The state of the session, for physical planning.
-    pub fn state(&self) -> SessionState {
-        self.ctx.state()
     }
 
     /// Renders the optimized logical plan and the physical plan of every

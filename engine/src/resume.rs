@@ -165,6 +165,7 @@ pub(crate) async fn resume_with_log(
     };
     let log = OffsetLog::new(dir, &source.scope);
     resume.marks = log.load()?.into_iter().collect();
+    resume.offset_log = true;
     Ok((resume, Some(log)))
 }
 

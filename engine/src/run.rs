@@ -13,8 +13,8 @@ use datafusion::execution::context::SessionContext;
 use crate::commit::CommitGate;
 use crate::connector::{Mark, Registry, Sink, SinkReport, Source, WriteContext};
 use crate::error::{Error, Result, StepRef};
-use crate::ops::progress::{counted, RowCounter};
 use crate::plan::{build_sink, build_source, Load, Opening};
+use crate::progress::{counted, RowCounter};
 use crate::resume::{resume_with_log, OpenedSource, OpenedTable};
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
 

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use dataflow_engine::secret::Secret;
 use tokio_postgres::config::Host;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::tls::{self, TlsParams};
+use crate::classify::sqlstate;
 use crate::error::ConnectorError;
+use dataflow_engine::classify::ErrorClass;
 
 /// Used when the url sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,16 +176,7 @@ fn retryable(err: &tokio_postgres::Error) -> bool {
         return true;
     }
     match err.code() {
-        Some(code) => {
-            code.code().starts_with("08")
-                || [
-                    SqlState::ADMIN_SHUTDOWN,
-                    SqlState::CRASH_SHUTDOWN,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    SqlState::TOO_MANY_CONNECTIONS,
-                ]
-                .contains(code)
-        }
+        Some(code) => sqlstate(code) == ErrorClass::Transient,
         // No SQLSTATE: an I/O, connect or timeout failure.
         None => {
             (err.as_db_error().is_none() && std::error::Error::source(err).is_some())

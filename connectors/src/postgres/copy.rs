@@ -54,8 +54,7 @@ impl CopyDecoder {
         let columns = kinds
             .iter()
             .map(|kind| ValueBuilder::new(kind, batch_size))
-            .collect::<Result<_, _>>()
-            .map_err(|e| ConnectorError::Rejected(e.to_string()))?;
+            .collect::<Result<_, _>>()?;
         Ok(CopyDecoder {
             schema,
             columns,
@@ -218,12 +217,14 @@ impl CopyDecoder {
             .columns
             .iter_mut()
             .map(ValueBuilder::finish)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConnectorError::Rejected(e.to_string()))?;
+            .collect::<Result<Vec<_>, _>>()?;
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
         self.rows = 0;
-        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
-            .map_err(|e| ConnectorError::Rejected(e.to_string()))
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?)
     }
 }
 

@@ -291,14 +291,15 @@ impl PostgresSource {
     }
 
     /// The previous run's high-water mark: recorded by the sinks, else kept
-    /// in the offset log under `stateDir` (which the engine reads into
-    /// `resume` and updates after the commit).
+    /// in the offset log under `stateDir` or the pipeline's
+    /// `checkpointLocation` (which the engine reads into `resume` and
+    /// updates after the commit).
     fn last_mark(&self, column: &str, resume: &Resume) -> Result<Option<i64>, BoxError> {
-        if !resume.recorded_by_sinks && self.config.state_dir.is_none() {
+        if !resume.recorded_by_sinks && !resume.offset_log {
             return Err(ConnectorError::Rejected(
                 "incrementalColumn needs a place to record the high-water mark. Help: load into \
-                 toDeltaLake, which records it in the same commit as the rows, or set stateDir \
-                 to keep it in a local offset log"
+                 toDeltaLake, which records it in the same commit as the rows, or keep it in an \
+                 offset log: set the pipeline's checkpointLocation (or this step's stateDir)"
                     .into(),
             )
             .into());

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
 use tokio_postgres::{Client, CopyOutStream};
 
-use dataflow_engine::ops::retry::RetryPolicy;
+use dataflow_engine::ops::retry::{retry_when, GaveUp, RetryPolicy};
 use dataflow_engine::spec::Backoff;
 
 use super::connect::Connector;
@@ -113,55 +114,66 @@ impl PartitionReader for PartitionRead {
     }
 }
 
+/// A failed attempt at a partition, and how many rows it had passed on.
+struct FailedAttempt {
+    err: ConnectorError,
+    sent: u64,
+}
+
+impl FailedAttempt {
+    /// A lost connection is worth retrying only before any row was passed
+    /// on: a COPY restarted after that could not tell which rows were
+    /// already delivered.
+    fn retryable(&self) -> bool {
+        self.err.is_retryable() && self.sent == 0
+    }
+}
+
 impl PartitionRead {
-    /// Reads the partition into `tx`. A lost connection is retried with
-    /// the run's kind of backoff ([`RetryPolicy`], [`BACKOFF`]), up to
-    /// `retries` times, as long as this partition
-    /// has not yet passed any row on: a COPY restarted after that could not
-    /// tell which rows were already delivered, so the read fails instead
-    /// (and the run commits nothing).
+    /// Reads the partition into `tx`. A lost connection is retried through
+    /// the run's retry loop ([`retry_when`], with [`BACKOFF`]), up to
+    /// `retries` times, as long as this partition has not yet passed any
+    /// row on; otherwise the read fails (and the run commits nothing).
+    /// DataFusion cancels a query by dropping this future, which also ends
+    /// a wait between attempts.
     async fn run(self, tx: Sender<DfResult<RecordBatch>>) -> DfResult<()> {
         let policy = RetryPolicy {
             retries: self.retries,
             backoff: BACKOFF,
         };
-        let mut attempt = 0;
-        loop {
+        let attempt = |_| async {
             let mut sent = 0u64;
-            let outcome = self.attempt(&tx, &mut sent).await;
-            let err = match outcome {
-                Ok(()) => return Ok(()),
-                Err(err) => err,
-            };
-            let retryable = matches!(
-                err,
-                ConnectorError::Postgres {
-                    retryable: true,
-                    ..
-                }
-            );
-            if retryable && sent == 0 && attempt < policy.retries {
-                attempt += 1;
-                let delay = policy.delay(attempt);
-                tracing::warn!(
-                    "{}: {err}; retry {attempt} of {} in {delay:?}",
-                    self.label,
-                    self.retries
-                );
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-            let note = if retryable && sent > 0 && self.retries > 0 {
-                format!(" (not retried: {sent} rows had already been passed on)")
-            } else if attempt > 0 {
-                format!(" (after {attempt} retries)")
-            } else {
-                String::new()
-            };
-            return Err(DataFusionError::External(Box::new(
-                err.with_postgres_context(&format!(", {}", self.label), &note),
-            )));
+            let result = self.attempt(&tx, &mut sent).await;
+            result.map_err(|err| FailedAttempt { err, sent })
+        };
+        let on_retry = |n: u32, failed: &FailedAttempt, delay: Duration| {
+            let (label, err, retries) = (&self.label, &failed.err, self.retries);
+            tracing::warn!("{label}: {err}; retry {n} of {retries} in {delay:?}");
+        };
+        let result = retry_when(&policy, None, attempt, FailedAttempt::retryable, on_retry);
+        match result.await {
+            Ok(()) => Ok(()),
+            Err(GaveUp::Failed { err, retries }) => Err(self.gave_up(err, retries)),
+            Err(GaveUp::Cancelled) => Err(DataFusionError::Execution(format!(
+                "{}: cancelled",
+                self.label
+            ))),
         }
+    }
+
+    /// The error of a partition that gave up after `retries` retries.
+    fn gave_up(&self, failed: FailedAttempt, retries: u32) -> DataFusionError {
+        let FailedAttempt { err, sent } = failed;
+        let note = if err.is_retryable() && sent > 0 && self.retries > 0 {
+            format!(" (not retried: {sent} rows had already been passed on)")
+        } else if retries > 0 {
+            format!(" (after {retries} retries)")
+        } else {
+            String::new()
+        };
+        DataFusionError::External(Box::new(
+            err.with_postgres_context(&format!(", {}", self.label), &note),
+        ))
     }
 
     async fn attempt(&self, tx: &Sender<DfResult<RecordBatch>>, sent: &mut u64) -> Result<()> {

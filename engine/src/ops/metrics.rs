@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -265,8 +263,8 @@ impl Collector for Metrics {
 fn encode_runs(out: &mut DescriptorEncoder, state: &State) -> fmt::Result {
     let run = |(pipeline, status): &(String, &str)| {
         [
-            ("pipeline", Label::new(pipeline)),
-            ("status", Label::new(status)),
+            ("pipeline", pipeline.to_string()),
+            ("status", status.to_string()),
         ]
     };
     family(
@@ -302,9 +300,9 @@ fn encode_runs(out: &mut DescriptorEncoder, state: &State) -> fmt::Result {
 fn encode_steps(out: &mut DescriptorEncoder, steps: &BTreeMap<StepKey, StepStats>) -> fmt::Result {
     let step = |(pipeline, step, method): &StepKey| {
         [
-            ("pipeline", Label::new(pipeline)),
-            ("step", Label(step.to_string())),
-            ("method", Label::new(method)),
+            ("pipeline", pipeline.to_string()),
+            ("step", step.to_string()),
+            ("method", method.to_string()),
         ]
     };
     family(
@@ -374,9 +372,9 @@ fn encode_streams(
     let lags = streams.iter().flat_map(|(p, s)| {
         s.lag.iter().map(move |((source, partition), lag)| {
             let labels = [
-                ("pipeline", Label::new(p)),
-                ("source", Label::new(source)),
-                ("partition", Label::new(partition)),
+                ("pipeline", p.to_string()),
+                ("source", source.to_string()),
+                ("partition", partition.to_string()),
             ];
             (labels, ConstGauge::new(*lag))
         })
@@ -427,32 +425,8 @@ fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
     Ok(())
 }
 
-fn pipeline(name: &str) -> [(&'static str, Label); 1] {
-    [("pipeline", Label::new(name))]
-}
-
-/// A label value, escaped as the text format needs (backslash, double
-/// quote, newline): the library writes values as they are.
-struct Label(String);
-
-impl Label {
-    fn new(value: &str) -> Self {
-        Label(value.to_string())
-    }
-}
-
-impl EncodeLabelValue for Label {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\\' => encoder.write_str("\\\\")?,
-                '"' => encoder.write_str("\\\"")?,
-                '\n' => encoder.write_str("\\n")?,
-                c => encoder.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
+fn pipeline(name: &str) -> [(&'static str, String); 1] {
+    [("pipeline", name.to_string())]
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 
 pub mod history;
 pub mod metrics;
-pub mod progress;
 pub mod record;
 pub mod retry;
 pub mod runner;

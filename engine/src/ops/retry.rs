@@ -37,21 +37,35 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `attempt(n)` for n = 1, 2, ... until it succeeds, fails permanently
-/// (as `classifier` decides), or has failed `policy.retries + 1` times;
-/// sleeps [`RetryPolicy::delay`] between attempts. Returns
-/// [`Error::Cancelled`] if `shutdown` fires while waiting. `on_retry(n, err, delay)` is told about each retry before its
-/// delay.
-pub async fn retry<T, F, Fut>(
+/// How a retried operation ended without succeeding.
+#[derive(Debug)]
+pub enum GaveUp<E> {
+    /// The last attempt failed with `err`, after `retries` retries.
+    Failed {
+        /// The last attempt's error.
+        err: E,
+        /// Retries made before giving up.
+        retries: u32,
+    },
+    /// The shutdown signal fired while waiting for the next attempt.
+    Cancelled,
+}
+
+/// The one retry loop: runs `attempt(n)` for n = 1, 2, ... until it
+/// succeeds, fails in a way `retryable` refuses, or has failed
+/// `policy.retries + 1` times; sleeps [`RetryPolicy::delay`] between
+/// attempts, and stops waiting when `shutdown` (if any) fires.
+/// `on_retry(n, err, delay)` is told about each retry before its delay.
+pub async fn retry_when<T, E, F, Fut>(
     policy: &RetryPolicy,
-    classifier: &Classifier,
-    shutdown: &CancellationToken,
+    shutdown: Option<&CancellationToken>,
     mut attempt: F,
-    mut on_retry: impl FnMut(u32, &Error, Duration),
-) -> Result<T, Error>
+    mut retryable: impl FnMut(&E) -> bool,
+    mut on_retry: impl FnMut(u32, &E, Duration),
+) -> Result<T, GaveUp<E>>
 where
     F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut n = 1;
     loop {
@@ -59,17 +73,47 @@ where
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        if n > policy.retries || classifier.classify(&err) == ErrorClass::Permanent {
-            return Err(err);
+        if n > policy.retries || !retryable(&err) {
+            let retries = n - 1;
+            return Err(GaveUp::Failed { err, retries });
         }
         let delay = policy.delay(n);
         on_retry(n, &err, delay);
+        let cancelled = async {
+            match shutdown {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Err(Error::Cancelled),
+            () = cancelled => return Err(GaveUp::Cancelled),
         }
         n += 1;
     }
+}
+
+/// [`retry_when`] for runs: retries what `classifier` does not call
+/// permanent; returns [`Error::Cancelled`] if `shutdown` fires while
+/// waiting.
+pub async fn retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    classifier: &Classifier,
+    shutdown: &CancellationToken,
+    attempt: F,
+    on_retry: impl FnMut(u32, &Error, Duration),
+) -> Result<T, Error>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let transient = |err: &Error| classifier.classify(err) != ErrorClass::Permanent;
+    retry_when(policy, Some(shutdown), attempt, transient, on_retry)
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Failed { err, .. } => err,
+            GaveUp::Cancelled => Error::Cancelled,
+        })
 }
 
 #[cfg(test)]

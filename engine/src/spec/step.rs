@@ -1,6 +1,8 @@
 //! What every step knows about itself while it is built: its place in the
 //! config and its method-specific options, parsed with JSON paths in errors.
 
+use std::fmt;
+
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -9,7 +11,9 @@ use crate::error::{Error, Result, StepRef};
 
 /// What every step knows about itself while being built: where it is in the
 /// config, and its method-specific options with the common keys taken out.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the config's keys, never their values (which may hold
+/// secrets from the environment).
+#[derive(Clone)]
 pub struct StepInfo {
     /// Index, method and registered name, for messages.
     pub step: StepRef,
@@ -26,6 +30,19 @@ pub struct StepInfo {
     pub config: Map<String, Value>,
     /// The pipeline's values from environment variables, kept out of messages.
     pub env_values: EnvValues,
+}
+
+impl fmt::Debug for StepInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepInfo")
+            .field("step", &self.step)
+            .field("kind", &self.kind)
+            .field("input", &self.input)
+            .field("cache", &self.cache)
+            .field("mode", &self.mode)
+            .field("config_keys", &self.config.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StepInfo {

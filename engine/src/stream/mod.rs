@@ -22,7 +22,7 @@ use crate::pipeline::Pipeline;
 use crate::plan::{build_sink, build_source, Opening};
 use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
 use crate::run::RunSummary;
-use crate::spec::{PipelineSpec, StepInfo, Trigger};
+use crate::spec::{PipelineSpec, StepInfo, StepKind, Trigger};
 
 /// How long an idle stream waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -361,7 +361,12 @@ async fn batch_report(
             .flat_map(|s| &s.partitions)
             .map(|p| p.end - p.start)
             .sum(),
-        rows_out: run.steps.iter().filter_map(|s| s.rows).sum(),
+        rows_out: run
+            .steps
+            .iter()
+            .filter(|s| s.kind == StepKind::Load)
+            .filter_map(|s| s.rows)
+            .sum(),
         sources,
         duration,
         commit: run.commit,
