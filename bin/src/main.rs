@@ -239,69 +239,99 @@ async fn interrupted() {
 
 async fn main_inner(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Validate(args) => {
-            let pipeline = compile(cli, args).await?;
-            println!(
-                "{}: valid ({} steps, {} load(s))",
-                display(&args.config),
-                pipeline.steps.len(),
-                pipeline.loads.len()
-            );
-        }
-        Command::Explain(args) => {
-            let pipeline = compile(cli, args).await?;
-            print!("{}", pipeline.explain().await?);
-        }
-        Command::Run(args) => {
-            let spec = load_spec(cli, &args.config, &args.sets)?;
-            if spec.mode == Mode::Streaming {
-                let quiet = cli.quiet;
-                let ended = observed(cli, async |observer| {
-                    let shutdown = on_interrupt("stopping after the current batch's commit point");
-                    let runner = observer.runner(&args.config);
-                    runner
-                        .stream(&spec, shutdown, |batch| {
-                            if !quiet {
-                                eprintln!("{}", summary::batch_line(batch));
-                            }
-                        })
-                        .await
-                })
-                .await?;
-                eprintln!("{}", summary::stream_line(&ended));
-                return Ok(());
-            }
-            let progress = Progress::start(&spec.name, cli.quiet);
-            let outcome = observed(cli, async |observer| {
-                let shutdown = on_interrupt("cancelling the run");
-                let mut runner = observer.runner(&args.config);
-                if let Some(progress) = &progress {
-                    runner = runner.with_progress(progress.counter());
-                }
-                runner.run(&spec, RunCause::Manual, None, &shutdown).await
-            })
-            .await;
-            // The bar goes before the summary or the error is printed.
-            if let Some(progress) = progress {
-                progress.finish();
-            }
-            eprint!("{}", summary::run_summary(&outcome?));
-        }
-        Command::Schedule(args) => {
-            observed(cli, async |observer| {
-                let jobs = jobs(cli, args, observer)?;
-                let shutdown = on_interrupt("stopping the schedules and running pipelines");
-                run_schedules(jobs, shutdown).await;
-                Ok(())
-            })
-            .await?;
-        }
-        Command::History(args) => {
-            let dir = cli.state_dir.clone().unwrap_or_else(|| ".dataflow".into());
-            let records = History::new(&dir).read(args.pipeline.as_deref(), args.last)?;
-            history::print(&records, args.json)?;
-        }
+        Command::Validate(args) => validate(cli, args).await,
+        Command::Explain(args) => explain(cli, args).await,
+        Command::Run(args) => run(cli, args).await,
+        Command::Schedule(args) => schedule(cli, args).await,
+        Command::History(args) => show_history(cli, args),
     }
+}
+
+/// `validate`: compiles the pipeline and says how big it is.
+async fn validate(cli: &Cli, args: &ConfigArgs) -> Result<()> {
+    let pipeline = compile(cli, args).await?;
+    println!(
+        "{}: valid ({} steps, {} load(s))",
+        display(&args.config),
+        pipeline.steps.len(),
+        pipeline.loads.len()
+    );
+    Ok(())
+}
+
+/// `explain`: the plans of every load.
+async fn explain(cli: &Cli, args: &ConfigArgs) -> Result<()> {
+    let pipeline = compile(cli, args).await?;
+    print!("{}", pipeline.explain().await?);
+    Ok(())
+}
+
+/// `run`: a batch pipeline once, a streaming one until interrupted.
+async fn run(cli: &Cli, args: &ConfigArgs) -> Result<()> {
+    let spec = load_spec(cli, &args.config, &args.sets)?;
+    if spec.mode == Mode::Streaming {
+        run_stream(cli, args, &spec).await
+    } else {
+        run_batch(cli, args, &spec).await
+    }
+}
+
+/// Runs micro-batches until interrupted, with a line per batch and one at
+/// the end.
+async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+    let quiet = cli.quiet;
+    let ended = observed(cli, async |observer| {
+        let shutdown = on_interrupt("stopping after the current batch's commit point");
+        let runner = observer.runner(&args.config);
+        runner
+            .stream(spec, shutdown, |batch| {
+                if !quiet {
+                    eprintln!("{}", summary::batch_line(batch));
+                }
+            })
+            .await
+    })
+    .await?;
+    eprintln!("{}", summary::stream_line(&ended));
+    Ok(())
+}
+
+/// Runs the pipeline once, with a progress bar, then prints the summary.
+async fn run_batch(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+    let progress = Progress::start(&spec.name, cli.quiet);
+    let outcome = observed(cli, async |observer| {
+        let shutdown = on_interrupt("cancelling the run");
+        let mut runner = observer.runner(&args.config);
+        if let Some(progress) = &progress {
+            runner = runner.with_progress(progress.counter());
+        }
+        runner.run(spec, RunCause::Manual, None, &shutdown).await
+    })
+    .await;
+    // The bar goes before the summary or the error is printed.
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    eprint!("{}", summary::run_summary(&outcome?));
+    Ok(())
+}
+
+/// `schedule`: runs every config on its schedule until interrupted.
+async fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<()> {
+    observed(cli, async |observer| {
+        let jobs = jobs(cli, args, observer)?;
+        let shutdown = on_interrupt("stopping the schedules and running pipelines");
+        run_schedules(jobs, shutdown).await;
+        Ok(())
+    })
+    .await
+}
+
+/// `history`: the recorded runs, as a table or JSON lines.
+fn show_history(cli: &Cli, args: &HistoryArgs) -> Result<()> {
+    let dir = cli.state_dir.clone().unwrap_or_else(|| ".dataflow".into());
+    let records = History::new(&dir).read(args.pipeline.as_deref(), args.last)?;
+    history::print(&records, args.json)?;
     Ok(())
 }
 

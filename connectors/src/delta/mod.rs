@@ -262,60 +262,30 @@ impl DeltaSink {
         holds_batch(self.path(), &ranges)
     }
 
+    /// Writes `input` as saveMode says: skips a batch the table already
+    /// holds, merges into an existing table, or writes a new version.
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
         let existing = open_existing(self.path(), None).await?;
         if let Some(table) = &existing {
             if !ctx.marks.is_empty() && self.holds_batch(table, &ctx).await? {
-                let version = table.version().unwrap_or_default();
-                tracing::info!(
-                    "Delta table at \"{}\" already holds this batch (recorded at version {version} or earlier); skipping it",
-                    self.path()
-                );
-                ctx.gate.ready().await?;
-                return Ok(SinkReport {
-                    detail: format!("skipped: delta version {version} already holds this batch"),
-                    ..Default::default()
-                });
+                return self.skip_held_batch(table, ctx).await;
             }
         }
         let mode = match (self.save_mode, &existing) {
-            (SaveMode::ErrorIfExists, Some(_)) => {
-                return Err(ConnectorError::Rejected(format!(
-                    "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite, merge or ignore",
-                    self.path()
-                )))
-            }
-            (SaveMode::Ignore, Some(table)) => {
-                ctx.gate.ready().await?;
-                return Ok(SinkReport {
-                    detail: format!(
-                        "skipped: table exists at version {} (saveMode ignore)",
-                        table.version().unwrap_or_default()
-                    ),
-                    ..Default::default()
-                });
-            }
+            (SaveMode::ErrorIfExists, Some(_)) => return Err(self.exists_error()),
+            (SaveMode::Ignore, Some(table)) => return skip_existing(table, ctx).await,
             (SaveMode::Merge, Some(table)) => {
                 self.check_schema(table, &input)?;
                 return self.merge(table, input, ctx).await;
             }
-            (SaveMode::Merge, None) => {
-                // Nothing to merge into yet: the first run creates the
-                // table from the rows that are not deletions.
-                DeltaSaveMode::ErrorIfExists
-            }
+            // Nothing to merge into yet: the first run creates the table
+            // from the rows that are not deletions.
+            (SaveMode::Merge, None) => DeltaSaveMode::ErrorIfExists,
             (SaveMode::Append, _) => DeltaSaveMode::Append,
             (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
             (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
         };
-        let input = match (&self.config.delete_condition, self.save_mode) {
-            (Some(condition), SaveMode::Merge) => {
-                let source = input.alias("source")?;
-                let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;
-                source.filter(keep)?
-            }
-            _ => input,
-        };
+        let input = self.without_deletions(input)?;
         let table = match existing {
             Some(table) => {
                 self.check_schema(&table, &input)?;
@@ -323,15 +293,68 @@ impl DeltaSink {
             }
             None => DeltaTableBuilder::from_url(table_url(self.path())?)?.build()?,
         };
+        self.write_version(table, input, mode, ctx).await
+    }
+
+    /// Skips a batch the table already holds (see [`holds_batch`]).
+    async fn skip_held_batch(&self, table: &DeltaTable, ctx: WriteContext) -> Result<SinkReport> {
+        let version = table.version().unwrap_or_default();
+        tracing::info!(
+            "Delta table at \"{}\" already holds this batch (recorded at version {version} or earlier); skipping it",
+            self.path()
+        );
+        skipped(
+            ctx,
+            format!("skipped: delta version {version} already holds this batch"),
+        )
+        .await
+    }
+
+    /// saveMode errorIfExists, with a table there.
+    fn exists_error(&self) -> ConnectorError {
+        ConnectorError::Rejected(format!(
+            "a Delta table already exists at \"{}\" (saveMode errorIfExists). Help: set saveMode to append, overwrite, merge or ignore",
+            self.path()
+        ))
+    }
+
+    /// The input without the rows `deleteCondition` marks as deletions
+    /// (saveMode merge creating the table); otherwise `input` itself.
+    fn without_deletions(&self, input: DataFrame) -> Result<DataFrame> {
+        match (&self.config.delete_condition, self.save_mode) {
+            (Some(condition), SaveMode::Merge) => {
+                let source = input.alias("source")?;
+                let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;
+                Ok(source.filter(keep)?)
+            }
+            _ => Ok(input),
+        }
+    }
+
+    /// Writes `input` as a new version of `table` (delta-rs's
+    /// `WriteBuilder`), committed through the run's gate with its marks.
+    async fn write_version(
+        &self,
+        table: DeltaTable,
+        input: DataFrame,
+        mode: DeltaSaveMode,
+        ctx: WriteContext,
+    ) -> Result<SinkReport> {
         let snapshot = table.snapshot().ok().map(|s| s.snapshot().clone());
         let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
         let (state, plan) = input.into_parts();
-        let mut builder = WriteBuilder::new(log_store, snapshot)
+        let builder = WriteBuilder::new(log_store, snapshot)
             .with_input_plan(plan)
             .with_session_state(Arc::new(state))
             .with_save_mode(mode)
             .with_writer_properties(Self::writer_properties())
             .with_commit_properties(commit_properties(&ctx.marks));
+        let written = self.with_layout(builder).await?;
+        report(&written).await
+    }
+
+    /// Applies `partitionBy`, schema evolution and `targetFileSize`.
+    fn with_layout(&self, mut builder: WriteBuilder) -> WriteBuilder {
         if !self.config.partition_by.is_empty() {
             builder = builder.with_partition_columns(self.config.partition_by.clone());
         }
@@ -347,8 +370,7 @@ impl DeltaSink {
         {
             builder = builder.with_target_file_size(Some(size));
         }
-        let written = builder.await?;
-        report(&written).await
+        builder
     }
 
     /// saveMode merge: update matched keys, insert new ones, delete matched
@@ -410,7 +432,6 @@ impl DeltaSink {
     }
 }
 
-/// Double-quotes an identifier for delta-rs's SQL expressions.
 /// One source key's part of a batch, and what a table recorded for it.
 #[derive(Debug, Clone, Copy)]
 struct KeyRange<'a> {
@@ -465,8 +486,29 @@ fn holds_batch(path: &str, ranges: &[KeyRange]) -> Result<bool> {
     Ok(!held.is_empty())
 }
 
+/// Double-quotes an identifier for delta-rs's SQL expressions.
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A write that leaves the table as it is: the run's commit may go ahead,
+/// and the summary says why nothing was written.
+async fn skipped(ctx: WriteContext, detail: String) -> Result<SinkReport> {
+    ctx.gate.ready().await?;
+    Ok(SinkReport {
+        detail,
+        ..Default::default()
+    })
+}
+
+/// saveMode ignore, with a table there.
+async fn skip_existing(table: &DeltaTable, ctx: WriteContext) -> Result<SinkReport> {
+    let version = table.version().unwrap_or_default();
+    skipped(
+        ctx,
+        format!("skipped: table exists at version {version} (saveMode ignore)"),
+    )
+    .await
 }
 
 /// Commit properties recording the run's marks as Delta transactions.

@@ -21,7 +21,7 @@ use datafusion::error::DataFusionError;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -255,56 +255,21 @@ impl KafkaSink {
         input: DataFrame,
         ctx: &WriteContext,
     ) -> Result<(u64, u64)> {
-        let servers = self.servers().to_string();
-        let p = producer.clone();
-        let s = servers.clone();
-        blocking(move || {
+        self.in_transaction(&producer, "beginning a transaction", |p| {
             p.begin_transaction()
-                .map_err(|e| kafka_error("beginning a transaction", &s, e))
         })
         .await?;
-        let staged = async {
-            let written = self.produce(&producer, input).await?;
-            for (group, offsets) in offsets_by_group(&ctx.marks)? {
-                let p = producer.clone();
-                let s = servers.clone();
-                let client = self.client.clone();
-                blocking(move || {
-                    let consumer: KafkaConsumer = client.create(
-                        &client.range_reader_config(&group, true),
-                        "creating a client",
-                    )?;
-                    let metadata = consumer.group_metadata().ok_or_else(|| {
-                        kafka_failure(
-                            "adding offsets to the transaction",
-                            &s,
-                            "no group metadata",
-                            None,
-                        )
-                    })?;
-                    p.send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)
-                        .map_err(|e| kafka_error("adding offsets to the transaction", &s, e))
-                })
-                .await?;
-            }
-            ctx.gate.ready().await?;
-            Ok::<_, ConnectorError>(written)
-        }
-        .await;
-        let p = producer.clone();
-        let s = servers.clone();
+        let staged = self.stage(&producer, input, ctx).await;
         let ended = match &staged {
             Ok(_) => {
-                blocking(move || {
+                self.in_transaction(&producer, "committing the transaction", |p| {
                     p.commit_transaction(TIMEOUT)
-                        .map_err(|e| kafka_error("committing the transaction", &s, e))
                 })
                 .await
             }
             Err(_) => {
-                blocking(move || {
+                self.in_transaction(&producer, "aborting the transaction", |p| {
                     p.abort_transaction(TIMEOUT)
-                        .map_err(|e| kafka_error("aborting the transaction", &s, e))
                 })
                 .await
             }
@@ -318,6 +283,64 @@ impl KafkaSink {
         let written = staged?;
         ended?;
         Ok(written)
+    }
+
+    /// Runs one of the producer's blocking transaction calls (`doing`)
+    /// off the async threads.
+    async fn in_transaction(
+        &self,
+        producer: &Arc<FutureProducer<Context>>,
+        doing: &'static str,
+        call: impl FnOnce(&FutureProducer<Context>) -> KafkaResult<()> + Send + 'static,
+    ) -> Result<()> {
+        let p = producer.clone();
+        let servers = self.servers().to_string();
+        blocking(move || call(&p).map_err(|e| kafka_error(doing, &servers, e))).await
+    }
+
+    /// The open transaction's content: every row of `input`, then the
+    /// offsets the batch consumed; done when every sink of the run is ready.
+    async fn stage(
+        &self,
+        producer: &Arc<FutureProducer<Context>>,
+        input: DataFrame,
+        ctx: &WriteContext,
+    ) -> Result<(u64, u64)> {
+        let written = self.produce(producer, input).await?;
+        for (group, offsets) in offsets_by_group(&ctx.marks)? {
+            self.send_offsets(producer, group, offsets).await?;
+        }
+        ctx.gate.ready().await?;
+        Ok(written)
+    }
+
+    /// Adds consumer group `group`'s `offsets` to the open transaction.
+    async fn send_offsets(
+        &self,
+        producer: &Arc<FutureProducer<Context>>,
+        group: String,
+        offsets: TopicPartitionList,
+    ) -> Result<()> {
+        let p = producer.clone();
+        let s = self.servers().to_string();
+        let client = self.client.clone();
+        blocking(move || {
+            let consumer: KafkaConsumer = client.create(
+                &client.range_reader_config(&group, true),
+                "creating a client",
+            )?;
+            let metadata = consumer.group_metadata().ok_or_else(|| {
+                kafka_failure(
+                    "adding offsets to the transaction",
+                    &s,
+                    "no group metadata",
+                    None,
+                )
+            })?;
+            p.send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)
+                .map_err(|e| kafka_error("adding offsets to the transaction", &s, e))
+        })
+        .await
     }
 }
 

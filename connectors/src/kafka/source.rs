@@ -397,6 +397,106 @@ impl KafkaSource {
             .await;
         Ok(settings.clone())
     }
+
+    /// This run's range of every partition (topic, partition, low and high
+    /// watermarks): from the position a sink recorded, else where the
+    /// partition starts, up to its end.
+    fn ranges(
+        &self,
+        partitions: Vec<(String, i32, i64, i64)>,
+        resume: &Resume,
+    ) -> Result<Vec<Range>> {
+        let mut starts = self.starts.lock().expect("starts lock");
+        let first_open = starts.is_none();
+        let starts = starts.get_or_insert_with(HashMap::new);
+        let mut ranges = Vec::new();
+        for (topic, partition, low, high) in partitions {
+            let key = format!("{topic}/{partition}");
+            let start = match resume.marks.get(&key) {
+                Some(mark) => *mark,
+                // Resolved once: an empty batch does not move a `latest`
+                // start, so records arriving later are read.
+                None => *starts.entry(key.clone()).or_insert_with(|| {
+                    self.unrecorded_start(first_open, &topic, partition, (low, high))
+                }),
+            };
+            let start = self.available_start(&key, start, (low, high))?;
+            let end = self.end(&key, &topic, partition, (low, high), resume);
+            ranges.push(Range {
+                topic,
+                partition,
+                start,
+                end: end.max(start),
+            });
+        }
+        Ok(ranges)
+    }
+
+    /// Where a partition without a recorded position starts: as
+    /// `startingOffsets` says on the first open. A partition that appears
+    /// later starts at its earliest offset (as Spark), so none of its
+    /// records are skipped.
+    fn unrecorded_start(
+        &self,
+        first_open: bool,
+        topic: &str,
+        partition: i32,
+        (low, high): (i64, i64),
+    ) -> i64 {
+        if !first_open {
+            return low;
+        }
+        Self::configured(
+            &self.config.starting_offsets,
+            topic,
+            partition,
+            (low, high),
+            NamedOffset::Earliest,
+        )
+    }
+
+    /// `start`, when the topic still holds it; otherwise (records deleted
+    /// before being read) an error, or the earliest offset with
+    /// `failOnDataLoss` false.
+    fn available_start(&self, key: &str, start: i64, (low, high): (i64, i64)) -> Result<i64> {
+        if (low..=high).contains(&start) {
+            return Ok(start);
+        }
+        let what = format!(
+            "Kafka {key}: offset {start} is outside the offsets still in the topic ({low}..{high})"
+        );
+        if self.config.fail_on_data_loss {
+            return Err(ConnectorError::Rejected(format!(
+                "{what}: records were deleted before being read, or the topic was recreated. Help: set failOnDataLoss to false to continue from offset {low}"
+            )));
+        }
+        tracing::warn!("{what}; continuing from {low} (failOnDataLoss is false)");
+        Ok(low)
+    }
+
+    /// Where a partition's read stops: its high watermark, or
+    /// `endingOffsets` in a bounded read; never past `resume.until`
+    /// (trigger availableNow: what was there at start).
+    fn end(
+        &self,
+        key: &str,
+        topic: &str,
+        partition: i32,
+        (low, high): (i64, i64),
+        resume: &Resume,
+    ) -> i64 {
+        let mut end = high;
+        if !resume.micro_batch {
+            if let Some(ending) = &self.config.ending_offsets {
+                end = Self::configured(ending, topic, partition, (low, high), NamedOffset::Latest)
+                    .min(high);
+            }
+        }
+        match resume.until.get(key) {
+            Some(until) => end.min(*until),
+            None => end,
+        }
+    }
 }
 
 /// Checks the offsets given in `startingOffsets` (or, `ending`, in
@@ -539,68 +639,7 @@ impl Source for KafkaSource {
         }
         let settings = self.read_settings(state).await?;
         let partitions = self.partitions().await?;
-        let mut starts = self.starts.lock().expect("starts lock");
-        let first_open = starts.is_none();
-        let starts = starts.get_or_insert_with(HashMap::new);
-        let mut ranges = Vec::new();
-        for (topic, partition, low, high) in partitions {
-            let key = format!("{topic}/{partition}");
-            let mut start = match resume.marks.get(&key) {
-                Some(mark) => *mark,
-                // Resolved once: an empty batch does not move a `latest`
-                // start, so records arriving later are read. A partition
-                // that appears after the first open starts at its earliest
-                // offset (as Spark), so none of its records are skipped.
-                None => *starts.entry(key.clone()).or_insert_with(|| {
-                    if first_open {
-                        Self::configured(
-                            &self.config.starting_offsets,
-                            &topic,
-                            partition,
-                            (low, high),
-                            NamedOffset::Earliest,
-                        )
-                    } else {
-                        low
-                    }
-                }),
-            };
-            if start < low || start > high {
-                let what = format!(
-                    "Kafka {key}: offset {start} is outside the offsets still in the topic ({low}..{high})"
-                );
-                if self.config.fail_on_data_loss {
-                    return Err(ConnectorError::Rejected(format!(
-                        "{what}: records were deleted before being read, or the topic was recreated. Help: set failOnDataLoss to false to continue from offset {low}"
-                    ))
-                    .into());
-                }
-                tracing::warn!("{what}; continuing from {low} (failOnDataLoss is false)");
-                start = low;
-            }
-            let mut end = high;
-            if !resume.micro_batch {
-                if let Some(ending) = &self.config.ending_offsets {
-                    end = Self::configured(
-                        ending,
-                        &topic,
-                        partition,
-                        (low, high),
-                        NamedOffset::Latest,
-                    )
-                    .min(high);
-                }
-            }
-            if let Some(until) = resume.until.get(&key) {
-                end = end.min(*until);
-            }
-            ranges.push(Range {
-                topic,
-                partition,
-                start,
-                end: end.max(start),
-            });
-        }
+        let mut ranges = self.ranges(partitions, resume)?;
         if let (true, Some(max)) = (resume.micro_batch, self.config.max_offsets_per_trigger) {
             cap(&mut ranges, max);
         }

