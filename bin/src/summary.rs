@@ -171,9 +171,9 @@ mod tests {
         };
         let expected = [
             r#"pipeline "orders-daily" succeeded in 0.21s"#,
-            r#"step                                      rows       bytes     time  detail"#,
-            r#"extract steps[0] (fromFiles as "orders")     -           -        -  fused into the loads' plans"#,
-            r#"load steps[2] (toDeltaLake)                  5     3.8 KiB    0.19s  from totals; delta version 0"#,
+            r#"step                                             rows       bytes     time  detail"#,
+            r#"extract steps[0] (fromFiles as "orders")            -           -        -  fused into the loads' plans"#,
+            r#"load steps[2] (toDeltaLake)                         5     3.8 KiB    0.19s  from totals; delta version 0"#,
         ];
         assert_eq!(run_summary(&summary), expected.join("\n") + "\n");
     }
