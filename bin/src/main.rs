@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataflow_engine::ops::history::{History, RunCause};
 use dataflow_engine::ops::schedule::{run_schedules, Job};
 use dataflow_engine::pipeline::Pipeline;
+use dataflow_engine::secret::vault::Vault;
 use dataflow_engine::spec::{MemoryLimit, Mode, PipelineSpec};
 use dataflow_engine::{Error, Result};
 use observe::Observer;
@@ -150,8 +151,9 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-/// Loads a config and applies the run-time flags that override it.
-fn load_spec(cli: &Cli, config: &Path, sets: &[String]) -> Result<PipelineSpec> {
+/// Loads a config (reading the Vault secrets it names, each once) and
+/// applies the run-time flags that override it.
+async fn load_spec(cli: &Cli, config: &Path, sets: &[String]) -> Result<PipelineSpec> {
     let text = std::fs::read_to_string(config).map_err(|e| {
         Error::config(
             display(config),
@@ -159,14 +161,16 @@ fn load_spec(cli: &Cli, config: &Path, sets: &[String]) -> Result<PipelineSpec> 
             format!("cannot read the config file: {e}"),
         )
     })?;
-    let mut spec = PipelineSpec::load(&text, sets, &|name| std::env::var(name).ok())?;
+    let env = |name: &str| std::env::var(name).ok();
+    let vault = Vault::from_env(&env);
+    let mut spec = PipelineSpec::load_with_secrets(&text, sets, &env, &vault).await?;
     spec.memory_limit = cli.memory_limit.or(spec.memory_limit);
     spec.spill_dir = cli.spill_dir.clone();
     Ok(spec)
 }
 
 async fn compile(cli: &Cli, args: &ConfigArgs) -> Result<Pipeline> {
-    let spec = load_spec(cli, &args.config, &args.sets)?;
+    let spec = load_spec(cli, &args.config, &args.sets).await?;
     Pipeline::compile(&spec, &dataflow_connectors::registry()).await
 }
 
@@ -183,28 +187,27 @@ fn on_interrupt(what: &'static str) -> CancellationToken {
 }
 
 /// A scheduled job for each config; all configs are checked before any runs.
-fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
-    args.configs
-        .iter()
-        .map(|config| {
-            let spec = load_spec(cli, config, &args.sets)?;
-            let schedule = spec.schedule.clone().ok_or_else(|| {
-                Error::config(
-                    "schedule",
-                    None,
-                    format!(
-                        "{} has no schedule: add e.g. \"schedule\": \"0 * * * *\", or use `run`",
-                        display(config)
-                    ),
-                )
-            })?;
-            Ok(Job {
-                spec,
-                schedule,
-                runner: observer.runner(config),
-            })
-        })
-        .collect()
+async fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for config in &args.configs {
+        let spec = load_spec(cli, config, &args.sets).await?;
+        let schedule = spec.schedule.clone().ok_or_else(|| {
+            Error::config(
+                "schedule",
+                None,
+                format!(
+                    "{} has no schedule: add e.g. \"schedule\": \"0 * * * *\", or use `run`",
+                    display(config)
+                ),
+            )
+        })?;
+        jobs.push(Job {
+            spec,
+            schedule,
+            runner: observer.runner(config),
+        });
+    }
+    Ok(jobs)
 }
 
 async fn observed<T>(cli: &Cli, work: impl AsyncFnOnce(&Observer) -> Result<T>) -> Result<T> {
@@ -268,7 +271,7 @@ async fn explain(cli: &Cli, args: &ConfigArgs) -> Result<()> {
 
 /// `run`: a batch pipeline once, a streaming one until interrupted.
 async fn run(cli: &Cli, args: &ConfigArgs) -> Result<()> {
-    let spec = load_spec(cli, &args.config, &args.sets)?;
+    let spec = load_spec(cli, &args.config, &args.sets).await?;
     if spec.mode == Mode::Streaming {
         run_stream(cli, args, &spec).await
     } else {
@@ -319,7 +322,7 @@ async fn run_batch(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<
 /// `schedule`: runs every config on its schedule until interrupted.
 async fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<()> {
     observed(cli, async |observer| {
-        let jobs = jobs(cli, args, observer)?;
+        let jobs = jobs(cli, args, observer).await?;
         let shutdown = on_interrupt("stopping the schedules and running pipelines");
         run_schedules(jobs, shutdown).await;
         Ok(())

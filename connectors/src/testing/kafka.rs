@@ -22,12 +22,12 @@
 
 use std::fs::File;
 use std::io;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::process::{free_port, watchdog};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -97,7 +97,7 @@ impl KafkaBroker {
             persistent: sqlite,
             child: Mutex::new(None),
         };
-        broker.watchdog()?;
+        watchdog(broker.dir.path())?;
         // Another process may take the free port before the broker binds it.
         let mut last = None;
         for _ in 0..5 {
@@ -170,24 +170,6 @@ impl KafkaBroker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// Kills the broker (and deletes the temporary directory) as soon as
-    /// this process exits, however it exits.
-    fn watchdog(&self) -> io::Result<()> {
-        let dir = self.dir.path().display();
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             [ -f {dir}/pid ] && kill -9 $(cat {dir}/pid) 2>/dev/null; rm -rf {dir}",
-            pid = std::process::id(),
-        );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(drop)
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -563,8 +545,4 @@ fn run(cmd: &mut Command) -> io::Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )))
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

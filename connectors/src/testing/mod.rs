@@ -3,6 +3,9 @@
 
 pub mod kafka;
 pub mod postgres;
+mod process;
+pub mod vault;
 
 pub use kafka::{KafkaBroker, KafkaRecord, ProducerRecord};
 pub use postgres::{PgServer, CERT_USER, USER};
+pub use vault::VaultServer;

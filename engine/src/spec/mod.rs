@@ -8,20 +8,24 @@ mod memory_limit;
 mod overrides;
 mod raw;
 mod schedule;
+mod secrets;
 mod step;
 mod trigger;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::secret::SecretStore;
 pub use memory_limit::MemoryLimit;
-pub use overrides::{apply_set, substitute_env, EnvValues};
+pub use overrides::{apply_set, EnvValues};
 use raw::RawPipeline;
 pub use schedule::CronSchedule;
+pub use secrets::Credentials;
+use secrets::Fetched;
 pub use step::StepInfo;
 pub use trigger::Trigger;
 
@@ -67,8 +71,8 @@ pub struct PipelineSpec {
     /// Where operators spill (`--spill-dir`; not a config key): the system
     /// temp dir when absent.
     pub spill_dir: Option<std::path::PathBuf>,
-    /// The strings that came from environment variables: messages about
-    /// them show the `${VAR}` written, never the value.
+    /// The strings that came from environment variables or Vault: messages
+    /// about them show the `${VAR}` written, never the value.
     pub env_values: EnvValues,
 }
 
@@ -161,8 +165,29 @@ impl fmt::Display for StepKind {
 
 impl PipelineSpec {
     /// Parses and validates a pipeline from JSON text, applying `--set`
-    /// overrides first and `${VAR}` substitution second.
+    /// overrides first and `${VAR}` substitution second. A config naming a
+    /// Vault secret needs [`PipelineSpec::load_with_secrets`].
     pub fn load(text: &str, sets: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::from_value(Self::read(text, sets)?, env, &Fetched::default())
+    }
+
+    /// [`PipelineSpec::load`], reading every secret the config names
+    /// (`${vault:PATH#KEY}`, `credentialPath`) from `store`, each path once.
+    /// A secret that cannot be read is a config error at the JSON path of
+    /// its first use.
+    pub async fn load_with_secrets(
+        text: &str,
+        sets: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+        store: &dyn SecretStore,
+    ) -> Result<Self> {
+        let value = Self::read(text, sets)?;
+        let fetched = Fetched::read(&value, env, store).await?;
+        Self::from_value(value, env, &fetched)
+    }
+
+    /// The JSON text with the `--set` overrides applied.
+    fn read(text: &str, sets: &[String]) -> Result<Value> {
         let mut value: Value = serde_json::from_str(text).map_err(|err| {
             Error::config(
                 format!("line {} column {}", err.line(), err.column()),
@@ -173,19 +198,33 @@ impl PipelineSpec {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        let env_values = substitute_env(&mut value, "", env)?;
+        Ok(value)
+    }
+
+    /// Substitutes references, merges credentials, then types and checks.
+    fn from_value(
+        mut value: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+        fetched: &Fetched,
+    ) -> Result<Self> {
+        let (expanded, credentials) = secrets::resolve(&mut value, env, fetched)?;
+        let env_values = EnvValues::new(expanded);
         let raw: RawPipeline = serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
             let path = if path == "." { "$".to_string() } else { path };
             let message = env_values.redact(&path, &err.into_inner().to_string());
             Error::config(path, None, message)
         })?;
-        Self::validate(raw, &env_values).map_err(|err| env_values.redact_error(err))
+        Self::validate(raw, &env_values, &credentials).map_err(|err| env_values.redact_error(err))
     }
 
     /// Checks what needs no connector (names, steps, scheduling, retry and
     /// streaming keys) and parses it into the validated model.
-    fn validate(raw: RawPipeline, env_values: &EnvValues) -> Result<Self> {
+    fn validate(
+        raw: RawPipeline,
+        env_values: &EnvValues,
+        credentials: &BTreeMap<usize, Credentials>,
+    ) -> Result<Self> {
         check_pipeline_name(&raw.name)?;
         check_has_steps(&raw)?;
         let schedule = match &raw.schedule {
@@ -201,7 +240,7 @@ impl PipelineSpec {
         };
         let (trigger, checkpoint_location) = raw.stream_settings()?;
         check_operations(&raw)?;
-        let steps = raw.step_infos(env_values)?;
+        let steps = raw.step_infos(env_values, credentials)?;
         check_steps(&steps)?;
         Ok(PipelineSpec {
             name: raw.name,

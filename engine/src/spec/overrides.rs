@@ -1,5 +1,6 @@
 //! Changes applied to the raw JSON before it is typed: `--set path=value`
-//! overrides and `${VAR}` environment references.
+//! overrides and `${NAME}` references (environment variables, and Vault
+//! secrets through [`Lookup`]s defined elsewhere).
 
 use std::fmt;
 use std::sync::Arc;
@@ -86,22 +87,24 @@ pub fn apply_set(root: &mut Value, assignment: &str) -> Result<()> {
     Ok(())
 }
 
-/// One string of the config that `${VAR}` references were expanded in.
+/// One string of the config whose value came, in whole or in part, from
+/// the environment or from Vault.
 #[derive(Clone)]
-struct Expanded {
+pub(super) struct Expanded {
     /// JSON path of the string, e.g. `steps[0].config.password`.
-    path: String,
+    pub path: String,
     /// The string as written, e.g. `${PGPASSWORD}`.
-    written: String,
+    pub written: String,
     /// The string after expansion.
-    value: String,
-    /// Each variable taken from the environment: `(name, value)`.
-    vars: Vec<(String, String)>,
+    pub value: String,
+    /// Each reference resolved in it: `(name, value)`, the name as between
+    /// `${` and `}` (`PGPASSWORD`, `vault:secret/data/pg#password`).
+    pub vars: Vec<(String, String)>,
 }
 
-/// The config strings whose value came from environment variables, so that
-/// a message about one of them shows what was written (`${PGPASSWORD}`),
-/// never what the environment held.
+/// The config strings whose value came from environment variables or from
+/// Vault, so that a message about one of them shows what was written
+/// (`${PGPASSWORD}`, `${vault:secret/data/pg#password}`), never the value.
 #[derive(Clone, Default)]
 pub struct EnvValues(Arc<Vec<Expanded>>);
 
@@ -119,6 +122,11 @@ impl fmt::Debug for EnvValues {
 const MIN_BARE_LEN: usize = 4;
 
 impl EnvValues {
+    /// The set of `expanded` strings.
+    pub(super) fn new(expanded: Vec<Expanded>) -> Self {
+        EnvValues(Arc::new(expanded))
+    }
+
     /// `message` about the value at `path` (or inside it), with every value
     /// expanded there from the environment replaced by what was written.
     pub fn redact(&self, path: &str, message: &str) -> String {
@@ -172,29 +180,52 @@ impl EnvValues {
     }
 }
 
-/// Replaces `${VAR}` (and `${VAR:-default}`) in every string of `value` with
-/// the variable's value; `$${` stands for a literal `${`. An unset variable
-/// without default is a config error naming the JSON path, never the value.
-/// Returns where values came from the environment (for [`EnvValues::redact`]).
-pub fn substitute_env(
-    value: &mut Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<EnvValues> {
-    let mut found = Vec::new();
-    substitute(value, path, env, &mut found)?;
-    Ok(EnvValues(Arc::new(found)))
+/// What a `${NAME}` reference stands for.
+pub(super) trait Lookup {
+    /// The value of `name`: `Ok(None)` when it has none (a `:-default`
+    /// applies), `Err(message)` when it cannot be had at all.
+    fn get(&mut self, name: &str) -> std::result::Result<Option<String>, String>;
+
+    /// The message for `name` having no value and no default.
+    fn unset(&self, name: &str) -> String;
 }
 
-fn substitute(
+/// Environment variables only.
+pub(super) struct EnvLookup<'a>(pub &'a dyn Fn(&str) -> Option<String>);
+
+impl Lookup for EnvLookup<'_> {
+    fn get(&mut self, name: &str) -> std::result::Result<Option<String>, String> {
+        Ok((self.0)(name))
+    }
+
+    fn unset(&self, name: &str) -> String {
+        format!("environment variable {name} is not set (use ${{{name}:-default}} for a fallback)")
+    }
+}
+
+/// Replaces `${NAME}` (and `${NAME:-default}`) in every string of `value`
+/// with what `lookup` gives; `$${` stands for a literal `${`. A reference
+/// without value or default is a config error naming the JSON path, never
+/// a value. Returns the strings that changed (for [`EnvValues::redact`]).
+pub(super) fn substitute(
     value: &mut Value,
     path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
+    lookup: &mut dyn Lookup,
+) -> Result<Vec<Expanded>> {
+    let mut found = Vec::new();
+    substitute_into(value, path, lookup, &mut found)?;
+    Ok(found)
+}
+
+fn substitute_into(
+    value: &mut Value,
+    path: &str,
+    lookup: &mut dyn Lookup,
     found: &mut Vec<Expanded>,
 ) -> Result<()> {
     match value {
         Value::String(s) if s.contains("${") => {
-            let (expanded, vars) = expand(s, path, env)?;
+            let (expanded, vars) = expand(s, path, lookup)?;
             if !vars.is_empty() {
                 found.push(Expanded {
                     path: path.to_string(),
@@ -207,7 +238,7 @@ fn substitute(
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                substitute(item, &format!("{path}[{i}]"), env, found)?;
+                substitute_into(item, &format!("{path}[{i}]"), lookup, found)?;
             }
         }
         Value::Object(map) => {
@@ -217,7 +248,7 @@ fn substitute(
                 } else {
                     format!("{path}.{key}")
                 };
-                substitute(item, &child, env, found)?;
+                substitute_into(item, &child, lookup, found)?;
             }
         }
         _ => {}
@@ -225,10 +256,10 @@ fn substitute(
     Ok(())
 }
 
-/// The expanded text and the variables taken from the environment.
+/// The expanded text and the references resolved in it.
 type Expansion = (String, Vec<(String, String)>);
 
-fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Expansion> {
+fn expand(text: &str, path: &str, lookup: &mut dyn Lookup) -> Result<Expansion> {
     let mut out = String::with_capacity(text.len());
     let mut vars = Vec::new();
     let mut rest = text;
@@ -246,19 +277,16 @@ fn expand(text: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 Some((name, default)) => (name, Some(default)),
                 None => (&tail[..end], None),
             };
-            match (env(name), default) {
+            let found = lookup
+                .get(name)
+                .map_err(|message| Error::config(path, None, message))?;
+            match (found, default) {
                 (Some(v), _) => {
                     out.push_str(&v);
                     vars.push((name.to_string(), v));
                 }
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(Error::config(
-                        path,
-                        None,
-                        format!("environment variable {name} is not set (use ${{{name}:-default}} for a fallback)"),
-                    ))
-                }
+                (None, None) => return Err(Error::config(path, None, lookup.unset(name))),
             }
             rest = &tail[end + 1..];
         } else {
@@ -277,6 +305,14 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         (name == "DIR").then(|| "/data".to_string())
+    }
+
+    fn substitute_env(
+        value: &mut Value,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<EnvValues> {
+        substitute(value, path, &mut EnvLookup(env)).map(EnvValues::new)
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! [`PipelineSpec::load`](super::PipelineSpec::load) reads and then turns
 //! into the validated model. Nothing outside `spec` sees these types.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::secrets::{Credentials, CREDENTIAL_PATH};
 use super::step::StepInfo;
 use super::trigger::Trigger;
 use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind};
@@ -123,13 +126,22 @@ impl RawPipeline {
         Ok(found)
     }
 
-    /// Splits every step's common keys (`registerAs`, `cache`) from its
-    /// method-specific ones.
-    pub fn step_infos(&self, env_values: &EnvValues) -> Result<Vec<StepInfo>> {
+    /// Splits every step's common keys (`registerAs`, `cache`,
+    /// `credentialPath`) from its method-specific ones; `credentials`: the
+    /// keys each step took from its `credentialPath` secret, by index.
+    pub fn step_infos(
+        &self,
+        env_values: &EnvValues,
+        credentials: &BTreeMap<usize, Credentials>,
+    ) -> Result<Vec<StepInfo>> {
         self.steps
             .iter()
             .enumerate()
-            .map(|(index, step)| step.info(index, self.mode, env_values))
+            .map(|(index, step)| {
+                let mut info = step.info(index, self.mode, env_values)?;
+                info.credentials = credentials.get(&index).cloned();
+                Ok(info)
+            })
             .collect()
     }
 }
@@ -159,6 +171,24 @@ impl RawStep {
                 config.remove(key);
             }
         }
+        match config.remove(CREDENTIAL_PATH) {
+            None => {}
+            Some(_) if self.kind == StepKind::Transform => {
+                return Err(Error::config(
+                    path(CREDENTIAL_PATH),
+                    Some(partial),
+                    "a transform step reads no credentials; credentialPath belongs in an extract or load step",
+                ))
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => {
+                return Err(Error::config(
+                    path(CREDENTIAL_PATH),
+                    Some(partial),
+                    "credentialPath must be the path of a Vault secret, e.g. \"secret/data/kafka\"",
+                ))
+            }
+        }
         let cache = match config.remove("cache") {
             None => false,
             Some(Value::Bool(b)) => b,
@@ -178,6 +208,7 @@ impl RawStep {
             mode,
             config,
             env_values: env_values.clone(),
+            credentials: None,
         })
     }
 }

@@ -6,7 +6,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{EnvValues, Mode, StepKind};
+use super::secrets::CREDENTIAL_PATH;
+use super::{Credentials, EnvValues, Mode, StepKind};
 use crate::error::{Error, Result, StepRef};
 
 /// What every step knows about itself while being built: where it is in the
@@ -28,8 +29,12 @@ pub struct StepInfo {
     pub mode: Mode,
     /// The remaining method-specific config keys.
     pub config: Map<String, Value>,
-    /// The pipeline's values from environment variables, kept out of messages.
+    /// The pipeline's values from environment variables and Vault, kept
+    /// out of messages.
     pub env_values: EnvValues,
+    /// `credentialPath`: the secret whose keys were merged into `config`
+    /// (under the keys the config sets itself), and which keys those are.
+    pub credentials: Option<Credentials>,
 }
 
 impl fmt::Debug for StepInfo {
@@ -41,6 +46,7 @@ impl fmt::Debug for StepInfo {
             .field("cache", &self.cache)
             .field("mode", &self.mode)
             .field("config_keys", &self.config.keys().collect::<Vec<_>>())
+            .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
 }
@@ -56,11 +62,13 @@ impl StepInfo {
         format!("{}.{key}", self.config_path())
     }
 
-    /// A config error about `key` in this step.
+    /// A config error about `key` in this step. A key taken from the
+    /// `credentialPath` secret is reported at `credentialPath`, since it is
+    /// not written in the config.
     pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
-        let path = self.key_path(key);
         let message: String = message.into();
-        let message = self.env_values.redact(&path, &message);
+        let message = self.env_values.redact(&self.key_path(key), &message);
+        let (path, message) = self.locate(key, message);
         Error::config(path, Some(self.step.clone()), message)
     }
 
@@ -76,7 +84,44 @@ impl StepInfo {
                 format!("{}.{inner}", self.config_path())
             };
             let message = self.env_values.redact(&path, &err.into_inner().to_string());
+            let first = inner.split(['.', '[']).next().unwrap_or_default();
+            let key = if self.config.contains_key(&inner) {
+                inner.as_str()
+            } else {
+                first
+            };
+            let (located, message) = self.locate(key, message);
+            let path = if located == self.key_path(key) {
+                path
+            } else {
+                located
+            };
             Error::config(path, Some(self.step.clone()), message)
         })
+    }
+
+    /// Where a message about `key` points: the key itself, or
+    /// `credentialPath` (saying which secret key it is about) when the
+    /// value came from that secret.
+    fn locate(&self, key: &str, message: String) -> (String, String) {
+        match &self.credentials {
+            Some(c) if c.keys.iter().any(|k| k == key) => {
+                let help = if message.starts_with("unknown field") {
+                    format!(
+                        "\nHelp: the secret's keys are merged into this step's config, so \
+                         each must be a key {} takes; remove the others from the secret \
+                         or give this step a secret of its own",
+                        self.step.method
+                    )
+                } else {
+                    String::new()
+                };
+                (
+                    self.key_path(CREDENTIAL_PATH),
+                    format!("key {key} of Vault secret {}: {message}{help}", c.path),
+                )
+            }
+            _ => (self.key_path(key), message),
+        }
     }
 }

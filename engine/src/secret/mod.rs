@@ -1,6 +1,13 @@
-//! Secrets (passwords, SASL credentials) that must never be printed.
+//! Secrets (passwords, SASL credentials) that must never be printed, and
+//! the stores they are read from ([`SecretStore`]; [`vault`] for HashiCorp
+//! Vault and OpenBao).
+
+mod store;
+pub mod vault;
 
 use std::fmt;
+
+pub use store::{SecretData, SecretError, SecretStore};
 
 use serde::{Deserialize, Deserializer};
 
