@@ -128,12 +128,18 @@ async fn credential_path_on_postgres_kv_v2_with_a_token() {
     let source = format!(r#""credentialPath": "secret/data/{name}""#);
     let file = pg_pipeline(out.path(), &source);
     let vars = root();
-    let ran = run_with(
-        out.path(),
-        &vars,
-        &["-vv", "--log-format", "json", "run", &file],
-    );
+    let metrics = out.path().join("metrics.json");
+    let metrics_arg = metrics.display().to_string();
+    let args = [
+        "-vv",
+        "--log-format",
+        "json",
+        "--metrics-file",
+        &metrics_arg,
+    ];
+    let ran = run_with(out.path(), &vars, &[&args[..], &["run", &file]].concat());
     ran.assert_ok();
+    let metrics = std::fs::read_to_string(&metrics).unwrap();
     assert_eq!(users(out.path()).await, USERS);
     let explain = run_with(out.path(), &vars, &["explain", &file]);
     explain.assert_ok();
@@ -148,6 +154,7 @@ async fn credential_path_on_postgres_kv_v2_with_a_token() {
             &explain.stdout,
             &explain.stderr,
             &history.stdout,
+            &metrics,
         ],
     );
 }

@@ -298,6 +298,7 @@ mod tests {
         let mut value = json!({"steps": [{"config": {"a": "${vault:secret/data/pg#nokey}"}}]});
         let fetched = Fetched::read(&value, &no_env, &Store).await.unwrap();
         let err = resolve(&mut value, &no_env, &fetched)
+            .map(drop)
             .unwrap_err()
             .to_string();
         assert!(err.contains("has no key nokey"), "{err}");
