@@ -358,3 +358,54 @@ async fn credential_path_on_to_kafka_supplies_the_bootstrap_servers() {
         .unwrap();
     assert_eq!(records.len(), expected);
 }
+
+/// `${vault:secret/data/NAME#file}` naming a test input resolves: `validate`
+/// succeeds only if the value was read.
+fn assert_resolves(vars: &[(&str, String)], name: &str) {
+    let (code, stderr, _) =
+        validate_reference(vars, &format!("${{vault:secret/data/{name}#file}}"));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn namespaces_through_vault_namespace() {
+    let namespace = unique("ns");
+    vault().namespace(&namespace).unwrap();
+    let name = unique("in-ns");
+    vault()
+        .put_in(
+            Some(&namespace),
+            &format!("secret/{name}"),
+            &[("file", "orders-changes.csv")],
+        )
+        .unwrap();
+    let mut vars = root();
+    vars.push(("VAULT_NAMESPACE", namespace));
+    assert_resolves(&vars, &name);
+    // Outside the namespace the secret does not exist.
+    let (code, stderr, _) =
+        validate_reference(&root(), &format!("${{vault:secret/data/{name}#file}}"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no Vault secret at"), "{stderr}");
+}
+
+#[test]
+fn https_with_vault_cacert() {
+    let server = VaultServer::start_tls().unwrap();
+    let name = unique("tls");
+    server
+        .put(&format!("secret/{name}"), &[("file", "orders-changes.csv")])
+        .unwrap();
+    let token = (
+        "VAULT_TOKEN",
+        dataflow_connectors::testing::vault::ROOT_TOKEN.to_string(),
+    );
+    let mut vars = vec![("VAULT_ADDR", server.addr()), token];
+    // Without the CA the certificate is not trusted: unreachable, exit 2.
+    let (code, stderr, _) =
+        validate_reference(&vars, &format!("${{vault:secret/data/{name}#file}}"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    vars.push(("VAULT_CACERT", server.ca_cert().display().to_string()));
+    assert_resolves(&vars, &name);
+}

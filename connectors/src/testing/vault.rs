@@ -32,6 +32,8 @@ pub struct VaultServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// Serving https with a certificate of its own CA ([`VaultServer::ca_cert`]).
+    tls: bool,
     child: Mutex<Option<Child>>,
 }
 
@@ -49,15 +51,29 @@ impl VaultServer {
 
     /// Starts a new server with KV v1 mounted at `kv1/` and AppRole enabled.
     pub fn start() -> io::Result<VaultServer> {
+        Self::start_with(false)
+    }
+
+    /// [`VaultServer::start`], serving https (`-dev-tls`) with a
+    /// certificate for 127.0.0.1 signed by [`VaultServer::ca_cert`].
+    pub fn start_tls() -> io::Result<VaultServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> io::Result<VaultServer> {
         let bin = find_bao()?;
         let dir = tempfile::Builder::new()
             .prefix("dataflow-vault-")
             .tempdir()?;
         watchdog(dir.path())?;
+        if tls {
+            std::fs::create_dir(dir.path().join("tls"))?;
+        }
         let mut server = VaultServer {
             dir,
             bin,
             port: 0,
+            tls,
             child: Mutex::new(None),
         };
         // Another process may take the free port (or PORT+1, where the dev
@@ -86,6 +102,18 @@ impl VaultServer {
             .args(["server", "-dev", "-dev-no-store-token"])
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
+            .args(
+                self.tls
+                    .then(|| {
+                        let dir = self.dir.path().join("tls");
+                        [
+                            "-dev-tls".to_string(),
+                            format!("-dev-tls-cert-dir={}", dir.display()),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -128,9 +156,16 @@ impl VaultServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT`, for `VAULT_ADDR`.
+    /// `http(s)://127.0.0.1:PORT`, for `VAULT_ADDR`.
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) of a [`VaultServer::start_tls`] server, for
+    /// `VAULT_CACERT`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("tls").join("vault-ca.pem")
     }
 
     /// The server's log.
@@ -140,13 +175,25 @@ impl VaultServer {
 
     /// Runs `bao ARGS...` against this server as root; its stdout.
     pub fn bao(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new(&self.bin)
-            .args(args)
+        self.bao_in(None, args)
+    }
+
+    /// [`VaultServer::bao`] in `namespace` (`VAULT_NAMESPACE`).
+    pub fn bao_in(&self, namespace: Option<&str>, args: &[&str]) -> io::Result<String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .env("VAULT_ADDR", self.addr())
             .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env_remove("VAULT_CACERT")
             .env_remove("VAULT_NAMESPACE")
-            .stdin(Stdio::null())
-            .output()?;
+            .stdin(Stdio::null());
+        if self.tls {
+            cmd.env("VAULT_CACERT", self.ca_cert());
+        }
+        if let Some(namespace) = namespace {
+            cmd.env("VAULT_NAMESPACE", namespace);
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "bao {}: {}",
@@ -160,10 +207,27 @@ impl VaultServer {
     /// Writes the secret at `path` (`secret/NAME` for KV v2, `kv1/NAME` for
     /// KV v1: the CLI's paths, without `data/`) with `pairs`.
     pub fn put(&self, path: &str, pairs: &[(&str, &str)]) -> io::Result<()> {
+        self.put_in(None, path, pairs)
+    }
+
+    /// [`VaultServer::put`] in `namespace`.
+    pub fn put_in(
+        &self,
+        namespace: Option<&str>,
+        path: &str,
+        pairs: &[(&str, &str)],
+    ) -> io::Result<()> {
         let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut args = vec!["kv", "put", path];
         args.extend(pairs.iter().map(String::as_str));
-        self.bao(&args).map(drop)
+        self.bao_in(namespace, &args).map(drop)
+    }
+
+    /// Creates namespace `name` with KV v2 mounted at its `secret/`.
+    pub fn namespace(&self, name: &str) -> io::Result<()> {
+        self.bao(&["namespace", "create", name])?;
+        self.bao_in(Some(name), &["secrets", "enable", "-path=secret", "kv-v2"])
+            .map(drop)
     }
 
     /// Creates policy `name` allowing `read` on `paths` (HTTP API paths,
