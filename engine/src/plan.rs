@@ -13,7 +13,8 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 
-use crate::cache::{cached_table, CacheState, StorageLevel};
+use crate::cache::{cached_table, CacheState};
+use crate::spec::StorageLevel;
 use crate::connector::{Registry, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
@@ -216,7 +217,7 @@ impl Compiler<'_> {
         output: DataFrame,
         level: Option<StorageLevel>,
     ) -> Result<DataFrame> {
-        let Some(level) = level.or(info.cache.then_some(StorageLevel::Memory)) else {
+        let Some(level) = level.or(info.cache) else {
             return Ok(output);
         };
         let ctx = &self.out.ctx;

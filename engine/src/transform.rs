@@ -10,7 +10,7 @@ use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::logical_expr::{col, Expr, Partitioning};
 use serde::Deserialize;
 
-use crate::cache::StorageLevel;
+use crate::spec::StorageLevel;
 use crate::error::{Error, Result};
 use crate::spec::StepInfo;
 
