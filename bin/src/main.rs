@@ -40,8 +40,8 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
-    /// Directory of the run history (default: `.dataflow/` next to the
-    /// config; for `history`, `./.dataflow`).
+    /// Directory of the run history (default: `.dataflow/` in the working
+    /// directory, for `run`, `schedule` and `history` alike).
     #[arg(long, global = true, value_name = "DIR", env = "DATAFLOW_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g.
@@ -201,7 +201,7 @@ fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>>
             Ok(Job {
                 spec,
                 schedule,
-                runner: observer.runner(config),
+                runner: observer.runner(),
             })
         })
         .collect()
@@ -282,7 +282,7 @@ async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result
     let quiet = cli.quiet;
     let ended = observed(cli, async |observer| {
         let shutdown = on_interrupt("stopping after the current batch's commit point");
-        let runner = observer.runner(&args.config);
+        let runner = observer.runner();
         runner
             .stream(spec, shutdown, |batch| {
                 if !quiet {
@@ -301,7 +301,7 @@ async fn run_batch(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<
     let progress = Progress::start(&spec.name, cli.quiet);
     let outcome = observed(cli, async |observer| {
         let shutdown = on_interrupt("cancelling the run");
-        let mut runner = observer.runner(&args.config);
+        let mut runner = observer.runner();
         if let Some(progress) = &progress {
             runner = runner.with_progress(progress.counter());
         }
