@@ -201,6 +201,10 @@ impl Compiler<'_> {
                 "nothing to load: no step precedes this one; name one with \"input\"",
             )
         })?;
+        sink.check_input(input.schema().as_arrow()).map_err(|message| {
+            let path = format!("steps[{}]", info.step.index);
+            Error::config(path, Some(info.step.clone()), message)
+        })?;
         self.out.loads.push(Load {
             step: info.step.clone(),
             input_name,
