@@ -270,15 +270,15 @@ async fn explain(cli: &Cli, args: &ConfigArgs) -> Result<()> {
 async fn run(cli: &Cli, args: &ConfigArgs) -> Result<()> {
     let spec = load_spec(cli, &args.config, &args.sets)?;
     if spec.mode == Mode::Streaming {
-        run_stream(cli, args, &spec).await
+        run_stream(cli, &spec).await
     } else {
-        run_batch(cli, args, &spec).await
+        run_batch(cli, &spec).await
     }
 }
 
 /// Runs micro-batches until interrupted, with a line per batch and one at
 /// the end.
-async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+async fn run_stream(cli: &Cli, spec: &PipelineSpec) -> Result<()> {
     let quiet = cli.quiet;
     let ended = observed(cli, async |observer| {
         let shutdown = on_interrupt("stopping after the current batch's commit point");
@@ -297,7 +297,7 @@ async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result
 }
 
 /// Runs the pipeline once, with a progress bar, then prints the summary.
-async fn run_batch(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+async fn run_batch(cli: &Cli, spec: &PipelineSpec) -> Result<()> {
     let progress = Progress::start(&spec.name, cli.quiet);
     let outcome = observed(cli, async |observer| {
         let shutdown = on_interrupt("cancelling the run");

@@ -3,7 +3,7 @@
 //! state directory the run history goes to (`--state-dir`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dataflow_engine::ops::history::History;
 use dataflow_engine::ops::metrics::Metrics;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{history, run, write_config};
+use common::{history, repo_root, run, write_config, Run};
 
 const OK: &str = r#"{"name": "orders-copy", "steps": [
     {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/*.csv", "header": true}},

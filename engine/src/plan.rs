@@ -14,11 +14,11 @@ use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::cache::{cached_table, CacheState};
-use crate::spec::StorageLevel;
 use crate::connector::{Registry, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
+use crate::spec::StorageLevel;
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
 use crate::transform;
 
@@ -201,10 +201,11 @@ impl Compiler<'_> {
                 "nothing to load: no step precedes this one; name one with \"input\"",
             )
         })?;
-        sink.check_input(input.schema().as_arrow()).map_err(|message| {
-            let path = format!("steps[{}]", info.step.index);
-            Error::config(path, Some(info.step.clone()), message)
-        })?;
+        sink.check_input(input.schema().as_arrow())
+            .map_err(|message| {
+                let path = format!("steps[{}]", info.step.index);
+                Error::config(path, Some(info.step.clone()), message)
+            })?;
         self.out.loads.push(Load {
             step: info.step.clone(),
             input_name,

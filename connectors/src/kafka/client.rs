@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::{ClientConfig, ClientContext};
 use serde_json::Value;
 
@@ -223,7 +223,10 @@ impl Context {
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
-            self.warn_once(format!("log {facility}"), format_args!("{facility}: {message}"));
+            self.warn_once(
+                format!("log {facility}"),
+                format_args!("{facility}: {message}"),
+            );
         } else {
             tracing::debug!("Kafka client: {facility}: {message}");
         }

@@ -208,16 +208,18 @@ fn cache_level(config: &mut Map<String, Value>, step: &StepRef) -> Result<Option
     };
     let level = match config.remove("cacheStorageLevel") {
         None => StorageLevel::default(),
-        Some(Value::String(name)) => name
-            .parse()
-            .map_err(|m| error("cacheStorageLevel", m))?,
+        Some(Value::String(name)) => name.parse().map_err(|m| error("cacheStorageLevel", m))?,
         Some(_) => {
-            let message = "cacheStorageLevel must be a storage level name, e.g. \"MEMORY_AND_DISK\"";
+            let message =
+                "cacheStorageLevel must be a storage level name, e.g. \"MEMORY_AND_DISK\"";
             return Err(error("cacheStorageLevel", message.into()));
         }
     };
     if !cache && level != StorageLevel::default() {
-        tracing::warn!("{}: cacheStorageLevel without \"cache\": true caches nothing", path("cacheStorageLevel"));
+        tracing::warn!(
+            "{}: cacheStorageLevel without \"cache\": true caches nothing",
+            path("cacheStorageLevel")
+        );
     }
     Ok(cache.then_some(level))
 }

@@ -184,7 +184,10 @@ mod tests {
         match err {
             Error::Config { path, message, .. } => {
                 assert_eq!(path, "steps[0].config.maxOffsetsPerTrigger");
-                assert!(message.contains("invalid type: string \"lots\""), "{message}");
+                assert!(
+                    message.contains("invalid type: string \"lots\""),
+                    "{message}"
+                );
             }
             other => panic!("expected a config error, got {other}"),
         }
