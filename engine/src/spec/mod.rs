@@ -415,7 +415,8 @@ mod tests {
     fn cache_storage_level_takes_spark_names_and_strings() {
         let step = |config: &str| {
             let text = format!(
-                r#"{{"name": "p", "steps": [{{"type": "extract", "method": "fromFiles", "config": {config}}}]}}"#
+                r#"{{"name": "p", "steps": [{{"type": "extract", "method": "fromFiles", "config": {config}}},
+                {{"type": "load", "method": "toConsole", "config": {{}}}}]}}"#
             );
             load(&text).map(|spec| spec.steps[0].cache)
         };
