@@ -41,8 +41,8 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
-    /// Directory of the run history (default: `.dataflow/` next to the
-    /// config; for `history`, `./.dataflow`).
+    /// Directory of the run history (default: `.dataflow/` in the working
+    /// directory, for `run`, `schedule` and `history` alike).
     #[arg(long, global = true, value_name = "DIR", env = "DATAFLOW_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while running, e.g.
@@ -204,7 +204,7 @@ async fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec
         jobs.push(Job {
             spec,
             schedule,
-            runner: observer.runner(config),
+            runner: observer.runner(),
         });
     }
     Ok(jobs)
@@ -273,19 +273,19 @@ async fn explain(cli: &Cli, args: &ConfigArgs) -> Result<()> {
 async fn run(cli: &Cli, args: &ConfigArgs) -> Result<()> {
     let spec = load_spec(cli, &args.config, &args.sets).await?;
     if spec.mode == Mode::Streaming {
-        run_stream(cli, args, &spec).await
+        run_stream(cli, &spec).await
     } else {
-        run_batch(cli, args, &spec).await
+        run_batch(cli, &spec).await
     }
 }
 
 /// Runs micro-batches until interrupted, with a line per batch and one at
 /// the end.
-async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+async fn run_stream(cli: &Cli, spec: &PipelineSpec) -> Result<()> {
     let quiet = cli.quiet;
     let ended = observed(cli, async |observer| {
         let shutdown = on_interrupt("stopping after the current batch's commit point");
-        let runner = observer.runner(&args.config);
+        let runner = observer.runner();
         runner
             .stream(spec, shutdown, |batch| {
                 if !quiet {
@@ -300,11 +300,11 @@ async fn run_stream(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result
 }
 
 /// Runs the pipeline once, with a progress bar, then prints the summary.
-async fn run_batch(cli: &Cli, args: &ConfigArgs, spec: &PipelineSpec) -> Result<()> {
+async fn run_batch(cli: &Cli, spec: &PipelineSpec) -> Result<()> {
     let progress = Progress::start(&spec.name, cli.quiet);
     let outcome = observed(cli, async |observer| {
         let shutdown = on_interrupt("cancelling the run");
-        let mut runner = observer.runner(&args.config);
+        let mut runner = observer.runner();
         if let Some(progress) = &progress {
             runner = runner.with_progress(progress.counter());
         }

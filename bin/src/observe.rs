@@ -3,7 +3,7 @@
 //! state directory the run history goes to (`--state-dir`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dataflow_engine::ops::history::History;
 use dataflow_engine::ops::metrics::Metrics;
@@ -41,15 +41,13 @@ impl Observer {
         })
     }
 
-    /// A runner for the pipeline in `config`, recording into its state
-    /// directory: `--state-dir`, else `.dataflow/` next to the config.
-    pub fn runner(&self, config: &Path) -> Runner {
-        let dir = self.state_dir.clone().unwrap_or_else(|| {
-            config
-                .parent()
-                .unwrap_or_else(|| Path::new(""))
-                .join(".dataflow")
-        });
+    /// A runner recording into the state directory: `--state-dir`, else
+    /// `.dataflow/` in the working directory (where `history` looks too).
+    pub fn runner(&self) -> Runner {
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".dataflow"));
         Runner::new(
             dataflow_connectors::registry(),
             History::new(&dir),

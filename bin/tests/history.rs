@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{history, run, write_config};
+use common::{history, repo_root, run, write_config, Run};
 
 const OK: &str = r#"{"name": "orders-copy", "steps": [
     {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/*.csv", "header": true}},
@@ -53,18 +53,31 @@ fn every_run_is_recorded_and_shown() {
     assert_eq!(other.assert_ok().stdout, "no runs recorded\n");
 }
 
+/// A newcomer's sequence: `run` a config in another directory, then
+/// `history` from the same place, both without `--state-dir`.
 #[test]
-fn history_defaults_to_dot_dataflow_next_to_the_config() {
+fn run_then_history_in_one_directory_shows_the_run() {
     let out = tempfile::tempdir().unwrap();
-    let file = write_config(out.path(), "copy.json", OK);
-    let result = common::cli(out.path())
-        .env_remove("DATAFLOW_STATE_DIR")
-        .args(["run", &file])
-        .output()
-        .unwrap();
-    assert_eq!(result.status.code(), Some(0));
+    let configs = out.path().join("pipelines");
+    std::fs::create_dir(&configs).unwrap();
+    let testdata = format!("{}/testdata/", repo_root().display());
+    let file = write_config(&configs, "copy.json", &OK.replace("testdata/", &testdata));
+    let in_out = |args: &[&str]| {
+        let mut cmd = common::cli(out.path());
+        cmd.env_remove("DATAFLOW_STATE_DIR")
+            .current_dir(out.path())
+            .args(args);
+        Run::from(cmd.output().unwrap())
+    };
+    in_out(&["run", &file]).assert_ok();
     assert!(out.path().join(".dataflow/history.jsonl").is_file());
-    assert_eq!(history(&out.path().join(".dataflow")).len(), 1);
+    assert!(!configs.join(".dataflow").exists());
+    let shown = in_out(&["history"]);
+    let stdout = &shown.assert_ok().stdout;
+    assert!(
+        stdout.contains("orders-copy") && stdout.contains("succeeded"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -128,10 +141,13 @@ fn invalid_configs_leave_no_history() {
             {"type": "load", "method": "toConsole", "config": {}}]}"#,
         r#"{"name": "bad-key", "steps": [{"type": "load", "method": "toConsole", "config": {"rows": 1}}]}"#,
     ];
+    let testdata = format!("{}/testdata/", repo_root().display());
     for (i, config) in bad.iter().enumerate() {
-        let file = write_config(out.path(), &format!("bad{i}.json"), config);
+        let config = config.replace("testdata/", &testdata);
+        let file = write_config(out.path(), &format!("bad{i}.json"), &config);
         let result = common::cli(out.path())
             .env_remove("DATAFLOW_STATE_DIR")
+            .current_dir(out.path())
             .args(["run", &file])
             .output()
             .unwrap();

@@ -231,11 +231,31 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         (
             "bad storage level",
-            step(
-                r#"{"type": "transform", "method": "cache", "config": {"storageLevel": "OFF_HEAP"}}"#,
-            ),
+            step(r#"{"type": "transform", "method": "cache", "config": {"storageLevel": "SSD"}}"#),
             "steps[1].config.storageLevel",
-            "unknown variant `OFF_HEAP`",
+            "unknown storage level \"SSD\"",
+        ),
+        (
+            "bad cacheStorageLevel",
+            step(
+                r#"{"type": "transform", "method": "filterRows", "config": {"condition": "true", "cache": true, "cacheStorageLevel": "SSD"}}"#,
+            ),
+            "steps[1].config.cacheStorageLevel",
+            "unknown storage level \"SSD\"",
+        ),
+        (
+            "outputMode complete",
+            step(
+                r#"{"type": "load", "method": "toConsole", "config": {"outputMode": "complete"}}"#,
+            ),
+            "steps[1].config.outputMode",
+            "needs stateful streaming",
+        ),
+        (
+            "a number that is no number",
+            step(r#"{"type": "load", "method": "toConsole", "config": {"numRows": "many"}}"#),
+            "steps[1].config.numRows",
+            "invalid type: string \"many\"",
         ),
         (
             "bad save mode",

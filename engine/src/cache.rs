@@ -28,30 +28,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-/// Where cached data lives, named as in Spark.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum StorageLevel {
-    /// Record batches held in memory.
-    #[default]
-    #[serde(rename = "MEMORY", alias = "MEMORY_ONLY")]
-    Memory,
-    /// Record batches written to local Arrow IPC files and read back as
-    /// needed, for data larger than memory.
-    #[serde(rename = "MEMORY_AND_DISK", alias = "DISK_ONLY")]
-    MemoryAndDisk,
-}
-
-impl fmt::Display for StorageLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StorageLevel::Memory => "MEMORY",
-            StorageLevel::MemoryAndDisk => "MEMORY_AND_DISK",
-        })
-    }
-}
+use crate::spec::StorageLevel;
 
 /// The materialized data, one entry per output partition.
 enum Materialized {

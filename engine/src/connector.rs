@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
@@ -152,6 +153,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Writes `input` (a plan over the pipeline's session) and commits after
     /// the gate in `ctx` opens, recording `ctx.marks` if it can.
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError>;
+
+    /// Checks, while planning (so that `validate` reports it), that the
+    /// target can hold rows of `schema`; the error names the column and
+    /// what to do. Every schema is fine by default.
+    fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
+        let _ = schema;
+        Ok(())
+    }
 
     /// The versions this sink's target has recorded for `app_ids`; `None`
     /// (the default) when the sink cannot record marks.

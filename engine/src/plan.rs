@@ -13,11 +13,12 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 
-use crate::cache::{cached_table, CacheState, StorageLevel};
+use crate::cache::{cached_table, CacheState};
 use crate::connector::{Registry, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
+use crate::spec::StorageLevel;
 use crate::spec::{PipelineSpec, StepInfo, StepKind};
 use crate::transform;
 
@@ -200,6 +201,11 @@ impl Compiler<'_> {
                 "nothing to load: no step precedes this one; name one with \"input\"",
             )
         })?;
+        sink.check_input(input.schema().as_arrow())
+            .map_err(|message| {
+                let path = format!("steps[{}]", info.step.index);
+                Error::config(path, Some(info.step.clone()), message)
+            })?;
         self.out.loads.push(Load {
             step: info.step.clone(),
             input_name,
@@ -216,7 +222,7 @@ impl Compiler<'_> {
         output: DataFrame,
         level: Option<StorageLevel>,
     ) -> Result<DataFrame> {
-        let Some(level) = level.or(info.cache.then_some(StorageLevel::Memory)) else {
+        let Some(level) = level.or(info.cache) else {
             return Ok(output);
         };
         let ctx = &self.out.ctx;

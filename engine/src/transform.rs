@@ -10,9 +10,9 @@ use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::logical_expr::{col, Expr, Partitioning};
 use serde::Deserialize;
 
-use crate::cache::StorageLevel;
 use crate::error::{Error, Result};
 use crate::spec::StepInfo;
+use crate::spec::StorageLevel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,10 +16,13 @@ use dataflow_engine::connector::{
 };
 use dataflow_engine::spec::{Mode, StepInfo};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::{normalize_for_delta, StructType};
 use deltalake::operations::merge::{MergeBuilder, MergeMetrics};
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::parquet::basic::Compression;
@@ -486,6 +489,22 @@ fn holds_batch(path: &str, ranges: &[KeyRange]) -> Result<bool> {
     Ok(!held.is_empty())
 }
 
+/// The error for a column of `data_type`, which Delta cannot hold.
+fn unsupported_column(name: &str, data_type: &DataType) -> String {
+    let hint = match data_type {
+        DataType::Time32(_) | DataType::Time64(_) => format!(
+            "CAST({} AS VARCHAR), or a timestamp on a fixed day, e.g. \
+             CAST('1970-01-01 ' || CAST({0} AS VARCHAR) AS TIMESTAMP) as Spark writes TIME columns",
+            quote(name)
+        ),
+        _ => format!("CAST({} AS VARCHAR)", quote(name)),
+    };
+    format!(
+        "column \"{name}\" has type {data_type}, which a Delta table cannot hold. \
+         Help: convert it in a sql step before this load, e.g. {hint}"
+    )
+}
+
 /// Double-quotes an identifier for delta-rs's SQL expressions.
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -588,6 +607,20 @@ async fn report(table: &DeltaTable) -> Result<SinkReport> {
 impl Sink for DeltaSink {
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
         Ok(self.write_table(input, ctx).await?)
+    }
+
+    /// Every column must convert to a Delta type the way delta-rs converts
+    /// it when writing (after its own normalization, e.g. of string views).
+    fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
+        let normalized = normalize_for_delta(&Arc::new(schema.clone()));
+        for field in normalized.fields() {
+            let single = Arc::new(Schema::new(vec![field.clone()]));
+            let converted: std::result::Result<StructType, _> = single.try_into_kernel();
+            if converted.is_err() {
+                return Err(unsupported_column(field.name(), field.data_type()));
+            }
+        }
+        Ok(())
     }
 
     async fn recorded_marks(

@@ -2,11 +2,13 @@
 //! bootstrap servers plus every `kafka.*` key of the step, passed through
 //! (values are secrets: SASL passwords travel here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use dataflow_engine::secret::Secret;
 use dataflow_engine::spec::StepInfo;
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -99,7 +101,7 @@ impl ClientSettings {
         config: &ClientConfig,
         doing: &str,
     ) -> Result<T> {
-        config.create_with_context(Context).map_err(|e| {
+        config.create_with_context(Context::default()).map_err(|e| {
             let code = e.rdkafka_error_code();
             kafka_failure(doing, &self.bootstrap_servers, self.describe(&e), code)
         })
@@ -194,20 +196,51 @@ pub(crate) const WRITER_RESERVED: &[(&str, &str)] = &[
     ),
 ];
 
-/// The client context of every dataflow consumer: librdkafka's global
-/// errors go to the log as warnings (they are mostly transient: the client
-/// reconnects), except end-of-partition notices, which are expected.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Context;
+/// The client context of every dataflow client: librdkafka's errors and
+/// warnings go to the log (they are mostly transient: the client
+/// reconnects), each kind once per client as a warning and its repeats at
+/// debug level, so a broker that is down gives one line, not hundreds;
+/// end-of-partition notices, which are expected, are not logged.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Context {
+    /// The kinds of message already logged as warnings.
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Context {
+    /// Logs `message` as a warning the first time `kind` comes up, at debug
+    /// level after that.
+    fn warn_once(&self, kind: String, message: std::fmt::Arguments<'_>) {
+        let first = self.seen.lock().map_or(true, |mut seen| seen.insert(kind));
+        if first {
+            tracing::warn!("Kafka client: {message}");
+        } else {
+            tracing::debug!("Kafka client: {message}");
+        }
+    }
+}
 
 impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            self.warn_once(
+                format!("log {facility}"),
+                format_args!("{facility}: {message}"),
+            );
+        } else {
+            tracing::debug!("Kafka client: {facility}: {message}");
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
+        if matches!(
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         ) {
-            tracing::warn!("Kafka client: {error}: {reason}");
+            return;
         }
+        let kind = format!("error {:?}", error.rdkafka_error_code());
+        self.warn_once(kind, format_args!("{error}: {reason}"));
     }
 }
 

@@ -140,7 +140,7 @@ impl RangeRead {
             let consumer: KafkaConsumer = client
                 .range_reader_config("dataflow-reader", quick)
                 .set("auto.offset.reset", "error")
-                .create_with_context(Context)
+                .create_with_context(Context::default())
                 .map_err(|e| {
                     let code = e.rdkafka_error_code();
                     self.error(cursor.next, client.describe(&e), code)

@@ -10,6 +10,7 @@ mod raw;
 mod schedule;
 mod secrets;
 mod step;
+mod storage_level;
 mod trigger;
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,6 +28,7 @@ pub use schedule::CronSchedule;
 pub use secrets::Credentials;
 use secrets::Fetched;
 pub use step::StepInfo;
+pub use storage_level::StorageLevel;
 pub use trigger::Trigger;
 
 /// A validated pipeline: what its JSON file says, checked and parsed.
@@ -418,9 +420,58 @@ mod tests {
         assert_eq!(spec.mode, Mode::Batch);
         let infos = &spec.steps;
         assert_eq!(infos[0].step.name.as_deref(), Some("a"));
-        assert!(infos[0].cache);
+        assert_eq!(infos[0].cache, Some(StorageLevel::Memory));
+        assert_eq!(infos[1].cache, None);
         assert_eq!(infos[0].config.len(), 1);
         assert_eq!(infos[1].kind, StepKind::Load);
+    }
+
+    #[test]
+    fn output_mode_append_runs_and_stateful_modes_are_refused() {
+        let with = |mode: &str| {
+            load(&format!(
+                r#"{{"name": "p", "mode": "streaming", "steps": [
+                {{"type": "extract", "method": "fromKafka", "config": {{}}}},
+                {{"type": "load", "method": "toDeltaLake", "config": {{"outputMode": "{mode}", "path": "t"}}}}]}}"#
+            ))
+        };
+        let spec = with("append").unwrap();
+        assert!(!spec.steps[1].config.contains_key("outputMode"));
+        for mode in ["complete", "update", "sideways"] {
+            match with(mode).unwrap_err() {
+                Error::Config { path, message, .. } => {
+                    assert_eq!(path, "steps[1].config.outputMode");
+                    assert!(message.contains("outputMode"), "{message}");
+                }
+                other => panic!("expected a config error, got {other}"),
+            }
+        }
+        let complete = with("complete").unwrap_err().to_string();
+        assert!(complete.contains("stateful streaming"), "{complete}");
+    }
+
+    #[test]
+    fn cache_storage_level_takes_spark_names_and_strings() {
+        let step = |config: &str| {
+            let text = format!(
+                r#"{{"name": "p", "steps": [{{"type": "extract", "method": "fromFiles", "config": {config}}},
+                {{"type": "load", "method": "toConsole", "config": {{}}}}]}}"#
+            );
+            load(&text).map(|spec| spec.steps[0].cache)
+        };
+        let cached = r#"{"cache": true, "cacheStorageLevel": "MEMORY_AND_DISK_SER"}"#;
+        assert_eq!(step(cached).unwrap(), Some(StorageLevel::MemoryAndDisk));
+        let as_string = r#"{"cache": "true", "cacheStorageLevel": "MEMORY_ONLY"}"#;
+        assert_eq!(step(as_string).unwrap(), Some(StorageLevel::Memory));
+        let not_cached = r#"{"cache": false, "cacheStorageLevel": "DISK_ONLY"}"#;
+        assert_eq!(step(not_cached).unwrap(), None);
+        match step(r#"{"cache": true, "cacheStorageLevel": "SSD"}"#).unwrap_err() {
+            Error::Config { path, message, .. } => {
+                assert_eq!(path, "steps[0].config.cacheStorageLevel");
+                assert!(message.contains("unknown storage level"), "{message}");
+            }
+            other => panic!("expected a config error, got {other}"),
+        }
     }
 
     #[test]

@@ -10,11 +10,11 @@ use serde_json::{Map, Value};
 use super::secrets::{Credentials, CREDENTIAL_PATH};
 use super::step::StepInfo;
 use super::trigger::Trigger;
-use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind};
+use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind, StorageLevel};
 use crate::error::{Error, Result, StepRef};
 
 /// Keys of a load step's config that are the pipeline's streaming settings.
-const STREAM_KEYS: [&str; 2] = ["trigger", "checkpointLocation"];
+const STREAM_KEYS: [&str; 3] = ["trigger", "checkpointLocation", "outputMode"];
 
 /// A whole pipeline as written in its JSON file.
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,8 @@ pub(super) struct RawPipeline {
     pub trigger: Option<Value>,
     #[serde(default, rename = "checkpointLocation")]
     pub checkpoint_location: Option<String>,
+    #[serde(default, rename = "outputMode")]
+    pub output_mode: Option<Value>,
     #[serde(default, rename = "memoryLimit")]
     pub memory_limit: Option<MemoryLimit>,
 }
@@ -62,9 +64,12 @@ pub(super) struct RawStep {
 impl RawPipeline {
     /// `trigger` and `checkpointLocation`, each from the top level or one
     /// load step; an error if they are set in two places, or a trigger in
-    /// batch mode.
+    /// batch mode. `outputMode` (Spark's key) is checked here too.
     pub fn stream_settings(&self) -> Result<(Trigger, Option<String>)> {
-        let [trigger, checkpoint] = self.stream_keys()?;
+        let [trigger, checkpoint, output_mode] = self.stream_keys()?;
+        if let Some((path, value)) = output_mode {
+            check_output_mode(&value).map_err(|m| Error::config(path, None, m))?;
+        }
         let trigger = match trigger {
             None => Trigger::default(),
             Some((path, _)) if self.mode != Mode::Streaming => {
@@ -93,12 +98,15 @@ impl RawPipeline {
     }
 
     /// Where each of [`STREAM_KEYS`] is set (JSON path and value), if it is.
-    fn stream_keys(&self) -> Result<[Option<(String, Value)>; 2]> {
-        let mut found: [Option<(String, Value)>; 2] = [
+    fn stream_keys(&self) -> Result<[Option<(String, Value)>; 3]> {
+        let mut found: [Option<(String, Value)>; 3] = [
             self.trigger.clone().map(|v| ("trigger".to_string(), v)),
             self.checkpoint_location
                 .clone()
                 .map(|v| ("checkpointLocation".to_string(), Value::String(v))),
+            self.output_mode
+                .clone()
+                .map(|v| ("outputMode".to_string(), v)),
         ];
         for (index, step) in self.steps.iter().enumerate() {
             for (slot, key) in found.iter_mut().zip(STREAM_KEYS) {
@@ -189,17 +197,7 @@ impl RawStep {
                 ))
             }
         }
-        let cache = match config.remove("cache") {
-            None => false,
-            Some(Value::Bool(b)) => b,
-            Some(_) => {
-                return Err(Error::config(
-                    path("cache"),
-                    Some(partial),
-                    "cache must be true or false",
-                ))
-            }
-        };
+        let cache = cache_level(&mut config, &partial)?;
         Ok(StepInfo {
             step: StepRef { name, ..partial },
             kind: self.kind,
@@ -211,4 +209,48 @@ impl RawStep {
             credentials: None,
         })
     }
+}
+
+/// Spark's `outputMode`: `append` is what every pipeline does; `update` and
+/// `complete` rewrite aggregated results, which needs stateful streaming.
+fn check_output_mode(value: &Value) -> std::result::Result<(), String> {
+    match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("append") => Ok(()),
+        Some(mode @ ("update" | "complete")) => Err(format!(
+            "outputMode \"{mode}\" needs stateful streaming (aggregations kept across \
+             micro-batches), which run-pipeline does not support yet. Help: use \"append\""
+        )),
+        _ => Err("outputMode must be \"append\" (or Spark's \"update\" / \"complete\", not supported yet)".into()),
+    }
+}
+
+/// The step's cache level from `cache` (true: cached, in memory unless
+/// `cacheStorageLevel`, Spark's key, names another level), taken out of
+/// `config`.
+fn cache_level(config: &mut Map<String, Value>, step: &StepRef) -> Result<Option<StorageLevel>> {
+    let path = |key: &str| format!("steps[{}].config.{key}", step.index);
+    let error = |key: &str, message: String| Error::config(path(key), Some(step.clone()), message);
+    let cache = match config.remove("cache") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        Some(_) => return Err(error("cache", "cache must be true or false".into())),
+    };
+    let level = match config.remove("cacheStorageLevel") {
+        None => StorageLevel::default(),
+        Some(Value::String(name)) => name.parse().map_err(|m| error("cacheStorageLevel", m))?,
+        Some(_) => {
+            let message =
+                "cacheStorageLevel must be a storage level name, e.g. \"MEMORY_AND_DISK\"";
+            return Err(error("cacheStorageLevel", message.into()));
+        }
+    };
+    if !cache && level != StorageLevel::default() {
+        tracing::warn!(
+            "{}: cacheStorageLevel without \"cache\": true caches nothing",
+            path("cacheStorageLevel")
+        );
+    }
+    Ok(cache.then_some(level))
 }
