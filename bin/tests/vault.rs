@@ -409,3 +409,37 @@ fn https_with_vault_cacert() {
     vars.push(("VAULT_CACERT", server.ca_cert().display().to_string()));
     assert_resolves(&vars, &name);
 }
+
+/// The Spark app's batch step from issue 12, verbatim: `fromPostgres` with
+/// `credentialPath`, `cache` and `cacheStorageLevel`; URL and password only
+/// in Vault.
+#[tokio::test]
+async fn the_spark_apps_batch_step_runs_as_written() {
+    let db = pg().create_database("spark_step").await;
+    pg().execute(
+        &db,
+        "CREATE TABLE large_table (id int, name text); INSERT INTO large_table SELECT i, 'n' || i FROM generate_series(1, 1000) i;",
+    )
+    .await;
+    vault()
+        .put(
+            "secret/postgres",
+            &[("url", &pg().url(&db)), ("password", pg().password())],
+        )
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let config = r#"{"name": "spark-batch", "steps": [
+        {"type": "extract", "method": "fromPostgres", "config": {"table": "large_table", "registerAs": "users", "cache": true, "cacheStorageLevel": "MEMORY_AND_DISK", "credentialPath": "secret/data/postgres"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/users", "saveMode": "overwrite"}}
+    ]}"#;
+    let file = write_config(out.path(), "spark.json", config);
+    let ran = run_with(out.path(), &root(), &["run", &file]);
+    ran.assert_ok();
+    let rows = delta_rows(
+        &out.path().join("users"),
+        "SELECT count(*) AS n, sum(id) AS s FROM t",
+    )
+    .await;
+    assert_eq!(rows[3], "| 1000 | 500500 |");
+    assert_absent(pg().password(), &[&ran.stdout, &ran.stderr]);
+}
