@@ -214,3 +214,29 @@ fn quiet_failure_prints_only_the_error_without_colour() {
         result.stderr
     );
 }
+
+/// `validate` with the brokers down: one error naming them, after
+/// `metadataTimeoutMs`, and librdkafka's complaints once each, not hundreds.
+#[test]
+fn kafka_down_is_one_clear_error_within_the_metadata_timeout() {
+    let out = tempfile::tempdir().unwrap();
+    let config = r#"{"name": "down", "mode": "streaming", "steps": [
+        {"type": "extract", "method": "fromKafka", "config": {"bootstrapServers": "127.0.0.1:1", "topic": "t", "metadataTimeoutMs": "1500", "registerAs": "events"}},
+        {"type": "load", "method": "toConsole", "config": {}}
+    ]}"#;
+    let file = write_config(out.path(), "down.json", config);
+    let started = std::time::Instant::now();
+    let result = run(out.path(), &["validate", &file]);
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(result.code, 1, "{}", result.stderr);
+    assert!(took < 6.0, "took {took}s:\n{}", result.stderr);
+    assert!(
+        result
+            .stderr
+            .contains("steps[0] (fromKafka as \"events\") failed: Kafka at 127.0.0.1:1"),
+        "{}",
+        result.stderr
+    );
+    let warnings = result.stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!(warnings <= 4, "{warnings} warnings:\n{}", result.stderr);
+}

@@ -32,8 +32,6 @@ use super::read::{OnDecodeError, RangeRead, ReadSettings};
 use crate::error::{ConnectorError, Result};
 use crate::scan_exec::{PartitionReader, ReaderExec};
 
-/// How long metadata and watermark requests may take.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 /// Records sampled per partition to infer a JSON schema.
 const SAMPLE_PER_PARTITION: usize = 200;
 
@@ -112,6 +110,17 @@ struct FromKafkaConfig {
     /// Records per Arrow batch.
     #[serde(default = "default_batch_size")]
     batch_size: usize,
+    /// How long metadata, watermark and sampling requests may take, in
+    /// milliseconds: a broker that is down fails the run (and `validate`)
+    /// after this long.
+    #[serde(default = "default_metadata_timeout_ms")]
+    metadata_timeout_ms: u64,
+}
+
+impl FromKafkaConfig {
+    fn metadata_timeout(&self) -> Duration {
+        Duration::from_millis(self.metadata_timeout_ms)
+    }
 }
 
 fn earliest() -> Offsets {
@@ -124,6 +133,10 @@ fn yes() -> bool {
 
 fn default_batch_size() -> usize {
     8192
+}
+
+fn default_metadata_timeout_ms() -> u64 {
+    10_000
 }
 
 /// The `fromKafka` source.
@@ -245,11 +258,12 @@ impl KafkaSource {
     async fn partitions(&self) -> Result<Vec<(String, i32, i64, i64)>> {
         let topics = self.topics.clone();
         let servers = self.client.bootstrap_servers.clone();
+        let timeout = self.config.metadata_timeout();
         self.blocking(move |consumer| {
             let mut out = Vec::new();
             for topic in &topics {
                 let metadata = consumer
-                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                    .fetch_metadata(Some(topic), timeout)
                     .map_err(|e| kafka_error("reading metadata", &servers, e))?;
                 let partitions = metadata
                     .topics()
@@ -264,7 +278,7 @@ impl KafkaSource {
                     })?;
                 for partition in partitions {
                     let (low, high) = consumer
-                        .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                        .fetch_watermarks(topic, partition, timeout)
                         .map_err(|e| kafka_error("reading offsets", &servers, e))?;
                     out.push((topic.clone(), partition, low, high));
                 }
@@ -330,6 +344,7 @@ impl KafkaSource {
         let partitions = self.partitions().await?;
         let client = self.client.clone();
         let servers = self.client.bootstrap_servers.clone();
+        let timeout = self.config.metadata_timeout();
         self.blocking(move |_| {
             let consumer: KafkaConsumer =
                     client.create(&client.range_reader_config("dataflow-sample", true), "creating a client")?;
@@ -342,7 +357,7 @@ impl KafkaSource {
                     .map_err(|e| kafka_error("sampling records", &servers, e))?;
                 let wanted = SAMPLE_PER_PARTITION.min((high - low) as usize);
                 let mut read = 0;
-                let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+                let deadline = std::time::Instant::now() + timeout;
                 while read < wanted && std::time::Instant::now() < deadline {
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(message)) => {
