@@ -2,6 +2,7 @@
 //! moves the files into place only after the commit gate opens (see
 //! [`local`] and [`remote`] for how, and what a reader sees meanwhile).
 
+mod deferred;
 mod local;
 mod remote;
 
@@ -16,6 +17,7 @@ use datafusion::common::config::{
     ConfigNonZeroUsize, CsvOptions, JsonOptions, TableParquetOptions,
 };
 use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::logical_expr::{LogicalPlan, Partitioning};
 use serde::Deserialize;
 use url::Url;
@@ -243,23 +245,26 @@ impl FileSink {
         outcome
     }
 
-    /// Stages the files under a hidden prefix beside `target`, then moves
-    /// them in and writes `_SUCCESS`.
+    /// Writes the files through a [`remote::Staging`] registered in the
+    /// session's `registry`, then makes them visible and writes `_SUCCESS`.
     async fn write_remote(
         &self,
         input: DataFrame,
         ctx: WriteContext,
         target: &Remote,
+        registry: Arc<dyn ObjectStoreRegistry>,
     ) -> Result<(u64, u64)> {
         let staging = target.staging();
+        registry.register_store(&staging.store_url, staging.store.clone());
         let outcome = async {
             let rows = self.write_staged(input, &staging.url).await?;
-            let bytes = target.staged_bytes(&staging).await?;
+            let bytes = staging.bytes();
             ctx.gate.ready().await?;
             target.commit(&staging, self.config.save_mode).await?;
             Ok((rows, bytes))
         }
         .await;
+        let _ = registry.deregister_store(&staging.store_url);
         target.discard(&staging).await;
         outcome
     }
@@ -309,12 +314,12 @@ impl Sink for FileSink {
             },
             Target::Remote(url) => {
                 // The store DataFusion writes the staged files with.
-                let registry = &input.task_ctx().runtime_env().object_store_registry;
+                let registry = input.task_ctx().runtime_env().object_store_registry.clone();
                 let store = registry.get_store(url)?;
                 let remote = Remote::new(&self.config.path, url, store)?;
                 match self.skip_existing(remote.has_data().await?)? {
                     Some(skipped) => return Ok(skipped),
-                    None => self.write_remote(input, ctx, &remote).await?,
+                    None => self.write_remote(input, ctx, &remote, registry).await?,
                 }
             }
         };

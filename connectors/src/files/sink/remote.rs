@@ -1,10 +1,12 @@
 //! `toFiles` into an object store, which cannot rename a directory. The
-//! files are written under a hidden staging prefix beside the target
-//! (`.NAME.staging-UUID/`); once the commit gate opens:
+//! files are written through a [`DeferredStore`]: large ones as multipart
+//! uploads to their final keys, left incomplete (invisible), small ones
+//! under a hidden staging prefix beside the target (`.NAME.staging-UUID/`).
+//! Once the commit gate opens:
 //!
 //! 1. the target's `_SUCCESS` is deleted;
-//! 2. each staged file is moved (copied, then deleted) to the same relative
-//!    key under the target;
+//! 2. the uploads are completed, and each small file is moved (copied,
+//!    then deleted) to the same relative key under the target;
 //! 3. with saveMode overwrite, the target's old files are deleted;
 //! 4. an empty `_SUCCESS` is written, last.
 //!
@@ -19,11 +21,14 @@ use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 use datafusion::object_store::path::Path as ObjectPath;
-use datafusion::object_store::{Error as StoreError, ObjectMeta, ObjectStore, ObjectStoreExt};
+use datafusion::object_store::{
+    Error as StoreError, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
+};
 use futures::{StreamExt, TryStreamExt};
 use url::Url;
 
 use crate::error::{ConnectorError, Result};
+use super::deferred::{under, DeferredStore};
 use crate::save_mode::SaveMode;
 
 /// How many files move at once.
@@ -43,12 +48,25 @@ pub(super) struct Remote {
     key: ObjectPath,
 }
 
-/// One run's staging prefix.
+/// One run's staging: the store DataFusion writes through, registered
+/// under a URL of its own, and the hidden prefix of its small files.
 #[derive(Debug)]
 pub(super) struct Staging {
+    /// The URL the store is registered under (scheme and host).
+    pub store_url: Url,
     /// Where DataFusion writes (a URL ending in `/`).
     pub url: String,
+    /// Holds what the run wrote until the commit.
+    pub store: Arc<DeferredStore>,
+    /// The prefix of the small files.
     key: ObjectPath,
+}
+
+impl Staging {
+    /// The bytes written so far.
+    pub(super) fn bytes(&self) -> u64 {
+        self.store.held_bytes()
+    }
 }
 
 /// The connector error for a failed store operation.
@@ -93,16 +111,20 @@ impl Remote {
         }
     }
 
-    /// A new hidden staging prefix beside the target.
+    /// A new staging: large files held back as uploads to their final
+    /// keys, small ones under a hidden prefix beside the target.
     pub(super) fn staging(&self) -> Staging {
         let parts: Vec<_> = self.key.parts().collect();
         let (name, parent) = parts.split_last().expect("the key is not empty");
-        let hidden = format!(".{}.staging-{}", name.as_ref(), uuid::Uuid::new_v4());
+        let id = uuid::Uuid::new_v4();
+        let hidden = format!(".{}.staging-{id}", name.as_ref());
         let key = ObjectPath::from_iter(parent.iter().cloned().chain([hidden.into()]));
-        let mut url = self.url.clone();
-        url.set_path(&format!("/{key}/"));
+        let store = DeferredStore::new(self.store.clone(), self.key.clone(), key.clone());
+        let store_url = Url::parse(&format!("dataflow-staging://{id}")).expect("a valid URL");
         Staging {
-            url: url.to_string(),
+            url: format!("{store_url}/"),
+            store_url,
+            store: Arc::new(store),
             key,
         }
     }
@@ -115,30 +137,30 @@ impl Remote {
             .map_err(failed(format!("listing {}", self.shown)))
     }
 
-    /// The size of the staged files.
-    pub(super) async fn staged_bytes(&self, staging: &Staging) -> Result<u64> {
-        Ok(self.list(&staging.key).await?.iter().map(|m| m.size).sum())
-    }
-
-    /// Moves the staged files into the target as `mode` says (see the
-    /// module's documentation for the order).
+    /// Makes the staged files visible in the target as `mode` says (see
+    /// the module's documentation for the order).
     pub(super) async fn commit(&self, staging: &Staging, mode: SaveMode) -> Result<()> {
-        let staged = self.list(&staging.key).await?;
+        let held = staging.store.take();
         let old = match mode {
             SaveMode::Overwrite => self.list(&self.key).await?,
             _ => Vec::new(),
         };
         let success = self.key.clone().join(SUCCESS);
         self.delete(&success).await?;
-        let moved: HashSet<ObjectPath> = futures::stream::iter(staged)
-            .map(|meta| self.move_in(staging, meta.location))
+        let completed: HashSet<ObjectPath> = futures::stream::iter(held.uploads)
+            .map(|(key, upload)| self.complete(key, upload))
+            .buffer_unordered(CONCURRENT_MOVES)
+            .try_collect()
+            .await?;
+        let moved: HashSet<ObjectPath> = futures::stream::iter(held.staged)
+            .map(|relative| self.move_in(staging, relative))
             .buffer_unordered(CONCURRENT_MOVES)
             .try_collect()
             .await?;
         let replaced = old
             .into_iter()
             .map(|meta| meta.location)
-            .filter(|key| !moved.contains(key) && *key != success);
+            .filter(|key| !completed.contains(key) && !moved.contains(key) && *key != success);
         for key in replaced {
             self.delete(&key).await?;
         }
@@ -149,13 +171,23 @@ impl Remote {
         Ok(())
     }
 
-    /// Moves one staged file to its place under the target.
-    async fn move_in(&self, staging: &Staging, from: ObjectPath) -> Result<ObjectPath> {
-        let relative: Vec<_> = from
-            .prefix_match(&staging.key)
-            .map(|parts| parts.collect())
-            .unwrap_or_default();
-        let to = ObjectPath::from_iter(self.key.parts().chain(relative));
+    /// Completes a held upload: the file appears at `key`.
+    async fn complete(
+        &self,
+        key: ObjectPath,
+        mut upload: Box<dyn MultipartUpload>,
+    ) -> Result<ObjectPath> {
+        upload
+            .complete()
+            .await
+            .map_err(failed(format!("completing {key} in {}", self.shown)))?;
+        Ok(key)
+    }
+
+    /// Moves one small staged file to its place under the target.
+    async fn move_in(&self, staging: &Staging, relative: ObjectPath) -> Result<ObjectPath> {
+        let from = under(&staging.key, &relative);
+        let to = under(&self.key, &relative);
         self.store
             .rename(&from, &to)
             .await
@@ -170,8 +202,13 @@ impl Remote {
         }
     }
 
-    /// Deletes what is left of `staging` (all of it after a failure).
+    /// Aborts the uploads and deletes the small files a run left (all of
+    /// them after a failure). Uploads a killed process left incomplete stay
+    /// invisible until the bucket's lifecycle rule removes them.
     pub(super) async fn discard(&self, staging: &Staging) {
+        for (_, mut upload) in staging.store.take().uploads {
+            let _ = upload.abort().await;
+        }
         let Ok(left) = self.list(&staging.key).await else {
             return;
         };
