@@ -2,8 +2,14 @@
 //! Azurite (Azure Blob) and fake-gcs-server (GCS) — create a bucket or
 //! container, put objects, list and read them back.
 //!
+//! Each server's `env()` is checked in a child process (this test binary
+//! run again, as a spawned CLI would be): object_store's `from_env`
+//! builders, and for Azure the emulator-mode `options()`, find the server
+//! with nothing else.
+//!
 //! Run with `cargo test --release --workspace --test object_store_harness`.
 
+use std::process::Command;
 use std::sync::Arc;
 
 use dataflow_connectors::testing::{AzuriteServer, GcsServer, S3Server};
@@ -70,6 +76,100 @@ async fn put_list_read(store: &Arc<dyn ObjectStore>) {
     assert_eq!(read(store, "data/part-0.csv").await, b"id,name\n1,a\n");
 }
 
+/// Set, to `s3`, `azure` or `gcs`, in the environment of
+/// [`store_from_env_in_child`] run in a child process.
+const CHILD: &str = "DATAFLOW_HARNESS_CHILD";
+/// The object_store options (JSON pairs) the child also builds a store from.
+const CHILD_OPTIONS: &str = "DATAFLOW_HARNESS_OPTIONS";
+
+/// Runs [`store_from_env_in_child`] in a child process with `env` (a
+/// server's `env()`) and `options`.
+fn check_in_child(kind: &str, env: Vec<(String, String)>, options: Vec<(String, String)>) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store_from_env_in_child", "--ignored"])
+        .env(CHILD, kind)
+        .env(CHILD_OPTIONS, serde_json::to_string(&options).unwrap())
+        .envs(env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// In a child process started by [`check_in_child`]: a store built from
+/// the environment alone, and one from the options, list the two objects
+/// under `data/` of `harness-smoke`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run by the other tests in a child process, with a server's env()"]
+async fn store_from_env_in_child() {
+    use datafusion::object_store::{aws, azure, gcp};
+    let Ok(kind) = std::env::var(CHILD) else {
+        return;
+    };
+    let options: Vec<(String, String)> =
+        serde_json::from_str(&std::env::var(CHILD_OPTIONS).unwrap()).unwrap();
+    let (from_env, from_options): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) = match kind.as_str()
+    {
+        "s3" => {
+            let mut builder = aws::AmazonS3Builder::new();
+            for (key, value) in options {
+                builder = builder.with_config(key.parse().unwrap(), value);
+            }
+            (
+                Arc::new(
+                    aws::AmazonS3Builder::from_env()
+                        .with_bucket_name("harness-smoke")
+                        .build()
+                        .unwrap(),
+                ),
+                Arc::new(builder.with_bucket_name("harness-smoke").build().unwrap()),
+            )
+        }
+        "azure" => {
+            let mut builder = azure::MicrosoftAzureBuilder::new();
+            for (key, value) in options {
+                builder = builder.with_config(key.parse().unwrap(), value);
+            }
+            (
+                Arc::new(
+                    azure::MicrosoftAzureBuilder::from_env()
+                        .with_container_name("harness-smoke")
+                        .build()
+                        .unwrap(),
+                ),
+                Arc::new(
+                    builder
+                        .with_container_name("harness-smoke")
+                        .build()
+                        .unwrap(),
+                ),
+            )
+        }
+        "gcs" => {
+            let mut builder = gcp::GoogleCloudStorageBuilder::new();
+            for (key, value) in options {
+                builder = builder.with_config(key.parse().unwrap(), value);
+            }
+            (
+                Arc::new(
+                    gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_bucket_name("harness-smoke")
+                        .build()
+                        .unwrap(),
+                ),
+                Arc::new(builder.with_bucket_name("harness-smoke").build().unwrap()),
+            )
+        }
+        other => panic!("{CHILD}={other}"),
+    };
+    assert_eq!(listing(&from_env, "data").await.len(), 2);
+    assert_eq!(listing(&from_options, "data").await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_on_moto() {
     let server = S3Server::shared();
@@ -88,6 +188,7 @@ async fn s3_on_moto() {
     let from_options: Arc<dyn ObjectStore> =
         Arc::new(builder.with_bucket_name("harness-smoke").build().unwrap());
     assert_eq!(listing(&from_options, "data").await.len(), 2);
+    check_in_child("s3", server.env(), server.options());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,6 +274,7 @@ async fn gcs_on_fake_gcs_server() {
     let from_options: Arc<dyn ObjectStore> =
         Arc::new(builder.with_bucket_name("harness-smoke").build().unwrap());
     assert_eq!(listing(&from_options, "data").await.len(), 2);
+    check_in_child("gcs", server.env(), server.options());
     // Writes through object_store do not work on fake-gcs-server (documented
     // in the harness): if this starts passing, update the docs.
     let put = store
