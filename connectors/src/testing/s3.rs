@@ -107,7 +107,8 @@ impl S3Server {
         self.port
     }
 
-    /// Creates bucket `name` (at least 3 characters; an error if it exists).
+    /// Creates bucket `name` (at least 3 characters). Creating an existing
+    /// bucket succeeds: moto, like S3 in us-east-1, answers 200.
     pub fn create_bucket(&self, name: &str) -> io::Result<()> {
         let response = http(self.port, "PUT", &format!("/{name}"), &[], b"")?;
         if response.status == 200 {
