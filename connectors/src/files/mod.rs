@@ -243,7 +243,7 @@ impl FileSource {
 
     async fn provider(&self, state: &SessionState) -> Result<Arc<dyn TableProvider>, BoxError> {
         let path = &self.config.path;
-        let url = ListingTableUrl::parse(path)?;
+        let url = listing_url(path)?;
         let store = state.runtime_env().object_store(&url)?;
         let extension = self.extension(&url, store.as_ref()).await;
         let first = url
@@ -287,6 +287,21 @@ impl FileSource {
     }
 }
 
+/// The listing URL of `path`. DataFusion takes globs in local paths only;
+/// a URL's glob is split off the same way: the prefix up to the last `/`
+/// before the first glob character, and the pattern after it.
+fn listing_url(path: &str) -> datafusion::error::Result<ListingTableUrl> {
+    let glob_at = path.find(['*', '?', '[']);
+    match glob_at {
+        Some(at) if path.contains("://") => {
+            let split = path[..at].rfind('/').map_or(0, |slash| slash + 1);
+            let (prefix, glob) = path.split_at(split);
+            ListingTableUrl::parse(prefix)?.with_glob(glob)
+        }
+        _ => ListingTableUrl::parse(path),
+    }
+}
+
 #[async_trait]
 impl Source for FileSource {
     async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
@@ -304,5 +319,13 @@ mod tests {
         assert_eq!(Format::from_path("a/b.JSONL"), Some(Format::Json));
         assert_eq!(Format::from_path("a/b.csv.gz"), Some(Format::Csv));
         assert_eq!(Format::from_path("a/b"), None);
+    }
+
+    #[test]
+    fn globs_in_urls_are_split_off() {
+        let url = listing_url("s3://b/raw/2026-*/*.csv").unwrap();
+        assert_eq!(url.as_str(), "s3://b/raw/");
+        assert_eq!(url.get_glob().as_ref().unwrap().as_str(), "2026-*/*.csv");
+        assert!(listing_url("s3://b/raw/").unwrap().get_glob().is_none());
     }
 }

@@ -24,11 +24,12 @@ use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::object_store::{
     Error as StoreError, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
 };
+use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use url::Url;
 
-use crate::error::{ConnectorError, Result};
 use super::deferred::{under, DeferredStore};
+use crate::error::{ConnectorError, Result};
 use crate::save_mode::SaveMode;
 
 /// How many files move at once.
@@ -42,7 +43,6 @@ const SUCCESS: &str = "_SUCCESS";
 pub(super) struct Remote {
     /// The path as written.
     shown: String,
-    url: Url,
     store: Arc<dyn ObjectStore>,
     /// The target's key prefix.
     key: ObjectPath,
@@ -96,7 +96,6 @@ impl Remote {
         let key = target_key(shown, url).map_err(ConnectorError::Rejected)?;
         Ok(Remote {
             shown: shown.to_string(),
-            url: url.clone(),
             store,
             key,
         })
@@ -147,20 +146,21 @@ impl Remote {
         };
         let success = self.key.clone().join(SUCCESS);
         self.delete(&success).await?;
-        let completed: HashSet<ObjectPath> = futures::stream::iter(held.uploads)
-            .map(|(key, upload)| self.complete(key, upload))
-            .buffer_unordered(CONCURRENT_MOVES)
-            .try_collect()
-            .await?;
-        let moved: HashSet<ObjectPath> = futures::stream::iter(held.staged)
-            .map(|relative| self.move_in(staging, relative))
-            .buffer_unordered(CONCURRENT_MOVES)
-            .try_collect()
-            .await?;
+        let mut done = HashSet::new();
+        let mut uploads = held.uploads.into_iter().peekable();
+        while uploads.peek().is_some() {
+            let batch = uploads.by_ref().take(CONCURRENT_MOVES);
+            let keys = try_join_all(batch.map(|(key, upload)| self.complete(key, upload))).await?;
+            done.extend(keys);
+        }
+        for batch in held.staged.chunks(CONCURRENT_MOVES) {
+            let moves = batch.iter().map(|relative| self.move_in(staging, relative));
+            done.extend(try_join_all(moves).await?);
+        }
         let replaced = old
             .into_iter()
             .map(|meta| meta.location)
-            .filter(|key| !completed.contains(key) && !moved.contains(key) && *key != success);
+            .filter(|key| !done.contains(key) && *key != success);
         for key in replaced {
             self.delete(&key).await?;
         }
@@ -185,9 +185,9 @@ impl Remote {
     }
 
     /// Moves one small staged file to its place under the target.
-    async fn move_in(&self, staging: &Staging, relative: ObjectPath) -> Result<ObjectPath> {
-        let from = under(&staging.key, &relative);
-        let to = under(&self.key, &relative);
+    async fn move_in(&self, staging: &Staging, relative: &ObjectPath) -> Result<ObjectPath> {
+        let from = under(&staging.key, relative);
+        let to = under(&self.key, relative);
         self.store
             .rename(&from, &to)
             .await
