@@ -12,6 +12,7 @@ mod kafka;
 mod postgres;
 mod save_mode;
 mod scan_exec;
+mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -33,4 +34,5 @@ pub fn registry() -> Registry {
         .sink("toConsole", console::sink)
         .extension_planner(DeltaExtensionPlanner::new())
         .error_classifier(classify::classify_link)
+        .object_stores(storage::root_store)
 }

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use crate::classify::{Classifier, LinkClassifier};
 use crate::commit::CommitGate;
 use crate::error::Result;
 use crate::spec::StepInfo;
+use crate::storage::StoreBuilder;
 
 /// Errors crossing the connector seam; the engine attaches the step.
 pub use crate::error::BoxError;
@@ -103,9 +103,10 @@ pub trait Source: Send + Sync + fmt::Debug {
     async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError>;
 
     /// The directory of this source's own offset log (e.g. fromPostgres's
-    /// `stateDir`), used instead of the pipeline's `checkpointLocation` when
-    /// no sink records its positions; `None` (the default) for none.
-    fn offset_log_dir(&self) -> Option<PathBuf> {
+    /// `stateDir`; a local path or an object-store URL), used instead of the
+    /// pipeline's `checkpointLocation` when no sink records its positions;
+    /// `None` (the default) for none.
+    fn offset_log_dir(&self) -> Option<String> {
         None
     }
 
@@ -187,6 +188,7 @@ pub struct Registry {
     sinks: BTreeMap<&'static str, SinkFactory>,
     extension_planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
     classifier: Classifier,
+    store_builder: Option<StoreBuilder>,
 }
 
 impl fmt::Debug for Registry {
@@ -227,6 +229,17 @@ impl Registry {
     pub fn error_classifier(mut self, classify: LinkClassifier) -> Self {
         self.classifier = self.classifier.with(classify);
         self
+    }
+
+    /// Sets how object stores are built for URLs (local files need none).
+    pub fn object_stores(mut self, build: StoreBuilder) -> Self {
+        self.store_builder = Some(build);
+        self
+    }
+
+    /// How object stores are built, if the connectors say.
+    pub fn store_builder(&self) -> Option<StoreBuilder> {
+        self.store_builder
     }
 
     /// Classifies failures with the engine's rules and the connectors'.

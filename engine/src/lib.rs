@@ -24,6 +24,7 @@ pub mod secret;
 pub mod session;
 pub mod spec;
 mod spillable_join;
+pub mod storage;
 pub mod stream;
 mod transform;
 

@@ -107,6 +107,7 @@ pub(crate) async fn compile(
     let runtime = RuntimeOptions {
         memory_limit: spec.memory_limit,
         spill_dir: spec.spill_dir.clone(),
+        storage: spec.storage.clone(),
     };
     let ctx = new_session(registry, &runtime)?;
     // Sinks first: sources ask them where the last run left off.

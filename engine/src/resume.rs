@@ -11,15 +11,16 @@
 //! run's range).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::object_store::{Error as ObjectStoreError, ObjectStoreExt, PutPayload};
 
 use crate::connector::{Mark, Resume, Sink, Source};
 use crate::error::{Error, Result, StepRef};
+use crate::storage::Location;
 
 /// An opened source and the positions this run will reach in it.
 #[derive(Debug)]
@@ -141,7 +142,7 @@ impl OpenedSource {
             .await
             .map_err(|e| Error::from_connector(&self.step, e))?;
         if let Some(log) = &self.offset_log {
-            log.store(&self.marks)?;
+            log.store(&self.marks).await?;
         }
         Ok(())
     }
@@ -149,11 +150,12 @@ impl OpenedSource {
 
 /// Where `source` resumes: from its sinks ([`resume_point`]), else from its
 /// offset log under the source's own directory or `checkpoint`, if either
-/// is set (returned, to be stored after the commit).
+/// is set (returned, to be stored after the commit), on `runtime`'s stores.
 pub(crate) async fn resume_with_log(
     source: &OpenedSource,
     sinks: &[Arc<dyn Sink>],
-    checkpoint: Option<&Path>,
+    checkpoint: Option<&str>,
+    runtime: &RuntimeEnv,
 ) -> Result<(Resume, Option<OffsetLog>)> {
     let mut resume = resume_point(source, sinks).await?;
     if resume.recorded_by_sinks {
@@ -163,8 +165,8 @@ pub(crate) async fn resume_with_log(
     let Some(dir) = dir.as_deref().or(checkpoint) else {
         return Ok((resume, None));
     };
-    let log = OffsetLog::new(dir, &source.scope);
-    resume.marks = log.load()?.into_iter().collect();
+    let log = OffsetLog::new(&Location::resolve(runtime, dir)?, &source.scope);
+    resume.marks = log.load().await?.into_iter().collect();
     resume.offset_log = true;
     Ok((resume, Some(log)))
 }
@@ -254,16 +256,18 @@ fn catch_up_bounds(recorded_by: &HashMap<String, Vec<Option<i64>>>) -> HashMap<S
 
 /// One source's offset log: its positions (source key → version) in a JSON
 /// file under a directory (`checkpointLocation`, or the source's own, such
-/// as fromPostgres's `stateDir`), replaced atomically after every commit.
+/// as fromPostgres's `stateDir`; local or on an object store), replaced
+/// whole after every commit (a rename locally, a single PUT on an object
+/// store: readers see the old file or the new one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetLog {
-    path: PathBuf,
+    location: Location,
 }
 
 impl OffsetLog {
     /// The log of the source whose marks are scoped `scope`
     /// (`dataflow/<pipeline>/<step>`) under `dir`.
-    pub fn new(dir: &Path, scope: &str) -> Self {
+    pub fn new(dir: &Location, scope: &str) -> Self {
         let name: String = scope
             .chars()
             .map(|c| {
@@ -275,23 +279,25 @@ impl OffsetLog {
             })
             .collect();
         OffsetLog {
-            path: dir.join(format!("{name}.json")),
+            location: dir.child(&format!("{name}.json")),
         }
     }
 
     /// Where the file lives.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The recorded positions; empty when the file does not exist yet.
-    pub fn load(&self) -> Result<BTreeMap<String, i64>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(self.io_error("reading", e)),
-        };
-        serde_json::from_str(&text).map_err(|e| {
+    pub async fn load(&self) -> Result<BTreeMap<String, i64>> {
+        let Location { store, path, .. } = &self.location;
+        let bytes = match store.get(path).await {
+            Ok(got) => got.bytes().await,
+            Err(ObjectStoreError::NotFound { .. }) => return Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| self.io_error("reading", std::io::Error::other(e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
             self.io_error(
                 "reading",
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -300,25 +306,23 @@ impl OffsetLog {
     }
 
     /// Records `marks` (replacing earlier values of the same keys) atomically.
-    pub fn store(&self, marks: &[(String, i64)]) -> Result<()> {
-        let mut all = self.load()?;
+    pub async fn store(&self, marks: &[(String, i64)]) -> Result<()> {
+        let mut all = self.load().await?;
         all.extend(marks.iter().cloned());
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            let mut file = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer_pretty(&mut file, &all)?;
-            file.write_all(b"\n")?;
-            file.as_file().sync_all()?;
-            file.persist(&self.path).map_err(|e| e.error)?;
-            Ok(())
-        };
-        write().map_err(|e| self.io_error("writing", e))
+        let mut text = serde_json::to_vec_pretty(&all)
+            .map_err(|e| self.io_error("writing", std::io::Error::other(e)))?;
+        text.push(b'\n');
+        let Location { store, path, .. } = &self.location;
+        store
+            .put(path, PutPayload::from(text))
+            .await
+            .map_err(|e| self.io_error("writing", std::io::Error::other(e)))?;
+        Ok(())
     }
 
     fn io_error(&self, doing: &str, source: std::io::Error) -> Error {
         Error::Io {
-            context: format!("{doing} the offset log {}", self.path.display()),
+            context: format!("{doing} the offset log {}", self.location.shown),
             source,
         }
     }
@@ -337,7 +341,7 @@ mod tests {
     #[derive(Debug)]
     struct FakeSource {
         keys: Vec<&'static str>,
-        own_dir: Option<PathBuf>,
+        own_dir: Option<String>,
     }
 
     #[async_trait]
@@ -346,7 +350,7 @@ mod tests {
             Ok(self.keys.iter().map(|k| k.to_string()).collect())
         }
 
-        fn offset_log_dir(&self) -> Option<PathBuf> {
+        fn offset_log_dir(&self) -> Option<String> {
             self.own_dir.clone()
         }
 
@@ -460,19 +464,27 @@ mod tests {
         assert!(resume.marks.is_empty());
     }
 
+    /// `dir` as a location on the local file system.
+    fn local(dir: &std::path::Path) -> Location {
+        Location::resolve(&RuntimeEnv::default(), dir.to_str().unwrap()).unwrap()
+    }
+
     #[tokio::test]
     async fn the_offset_log_is_read_only_when_no_sink_records() {
         let dir = tempfile::tempdir().unwrap();
         let events = source(&["a"]);
-        OffsetLog::new(dir.path(), &events.scope)
+        OffsetLog::new(&local(dir.path()), &events.scope)
             .store(&[("a".into(), 3)])
+            .await
             .unwrap();
-        let (resume, log) = resume_with_log(&events, &[no_marks_sink()], Some(dir.path()))
+        let runtime = RuntimeEnv::default();
+        let checkpoint = dir.path().to_str();
+        let (resume, log) = resume_with_log(&events, &[no_marks_sink()], checkpoint, &runtime)
             .await
             .unwrap();
         assert_eq!(resume.marks, map(&[("a", 3)]));
         assert!(log.is_some());
-        let (resume, log) = resume_with_log(&events, &[sink(&[("a", 8)])], Some(dir.path()))
+        let (resume, log) = resume_with_log(&events, &[sink(&[("a", 8)])], checkpoint, &runtime)
             .await
             .unwrap();
         assert_eq!(resume.marks, map(&[("a", 8)]));
@@ -485,40 +497,43 @@ mod tests {
         let mut events = source(&["a"]);
         events.source = Arc::new(FakeSource {
             keys: vec!["a"],
-            own_dir: Some(own.path().to_path_buf()),
+            own_dir: Some(own.path().to_str().unwrap().to_string()),
         });
-        OffsetLog::new(own.path(), &events.scope)
+        OffsetLog::new(&local(own.path()), &events.scope)
             .store(&[("a".into(), 12)])
+            .await
             .unwrap();
-        let (resume, log) = resume_with_log(&events, &[], Some(checkpoint.path()))
+        let runtime = RuntimeEnv::default();
+        let (resume, log) = resume_with_log(&events, &[], checkpoint.path().to_str(), &runtime)
             .await
             .unwrap();
         assert_eq!(resume.marks, map(&[("a", 12)]));
-        assert!(log.unwrap().path().starts_with(own.path()));
+        let shown = log.unwrap().location().shown.clone();
+        assert!(shown.starts_with(own.path().to_str().unwrap()), "{shown}");
     }
 
-    #[test]
-    fn stores_and_loads_marks_by_scope() {
+    #[tokio::test]
+    async fn stores_and_loads_marks_by_scope() {
         let dir = tempfile::tempdir().unwrap();
-        let file = OffsetLog::new(dir.path(), "dataflow/sync job/customers");
-        assert_eq!(
-            file.path().file_name().unwrap(),
-            "dataflow_sync_job_customers.json"
-        );
-        assert!(file.load().unwrap().is_empty());
-        file.store(&[("id".into(), 7), ("ts".into(), 1)]).unwrap();
-        file.store(&[("id".into(), 9)]).unwrap();
-        let marks = file.load().unwrap();
+        let file = OffsetLog::new(&local(dir.path()), "dataflow/sync job/customers");
+        assert!(!dir.path().join("dataflow_sync_job_customers.json").exists());
+        assert!(file.load().await.unwrap().is_empty());
+        file.store(&[("id".into(), 7), ("ts".into(), 1)])
+            .await
+            .unwrap();
+        file.store(&[("id".into(), 9)]).await.unwrap();
+        assert!(dir.path().join("dataflow_sync_job_customers.json").exists());
+        let marks = file.load().await.unwrap();
         assert_eq!(marks.get("id"), Some(&9));
         assert_eq!(marks.get("ts"), Some(&1));
     }
 
-    #[test]
-    fn a_corrupt_file_is_an_error_naming_it() {
+    #[tokio::test]
+    async fn a_corrupt_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let file = OffsetLog::new(dir.path(), "s");
-        std::fs::write(file.path(), "{not json").unwrap();
-        let err = file.load().unwrap_err().to_string();
+        let file = OffsetLog::new(&local(dir.path()), "s");
+        std::fs::write(dir.path().join("s.json"), "{not json").unwrap();
+        let err = file.load().await.unwrap_err().to_string();
         assert!(err.contains("s.json"), "{err}");
     }
 }

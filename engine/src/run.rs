@@ -3,7 +3,6 @@
 //! a batch run opens its sources at their resume point ([`BatchOpening`]).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,14 +53,14 @@ pub struct RunSummary {
 /// source opened where its sinks (or its offset log) say it left off.
 pub(crate) struct BatchOpening {
     /// `checkpointLocation`: the offset logs' directory.
-    checkpoint: Option<PathBuf>,
+    checkpoint: Option<String>,
 }
 
 impl BatchOpening {
     /// The opening of a batch run of `spec`.
     pub(crate) fn new(spec: &PipelineSpec) -> Self {
         BatchOpening {
-            checkpoint: spec.checkpoint_location.as_ref().map(PathBuf::from),
+            checkpoint: spec.checkpoint_location.clone(),
         }
     }
 }
@@ -82,7 +81,8 @@ impl Opening for BatchOpening {
         ctx: &SessionContext,
         sinks: &[Arc<dyn Sink>],
     ) -> Result<OpenedTable> {
-        let (resume, log) = resume_with_log(source, sinks, self.checkpoint.as_deref()).await?;
+        let checkpoint = self.checkpoint.as_deref();
+        let (resume, log) = resume_with_log(source, sinks, checkpoint, &ctx.runtime_env()).await?;
         let mut table = source.open(ctx, resume).await?;
         table.offset_log = log;
         Ok(table)

@@ -26,8 +26,9 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use crate::connector::{BoxError, Registry};
 use crate::error::{Error, Result};
 use crate::scan_statistics;
-use crate::spec::MemoryLimit;
+use crate::spec::{MemoryLimit, StorageOptions};
 use crate::spillable_join::SpillableJoins;
+use crate::storage::Stores;
 
 /// The share of the machine's memory a run may use when neither
 /// `--memory-limit` nor `"memoryLimit"` says otherwise, in percent.
@@ -46,6 +47,8 @@ pub struct RuntimeOptions {
     pub memory_limit: Option<MemoryLimit>,
     /// Where operators spill; `None`: the system temp dir.
     pub spill_dir: Option<PathBuf>,
+    /// The pipeline's object-store options.
+    pub storage: StorageOptions,
 }
 
 impl RuntimeOptions {
@@ -121,7 +124,7 @@ pub fn new_session(registry: &Registry, options: &RuntimeOptions) -> Result<Sess
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(session_config(limit)?)
-        .with_runtime_env(runtime(options, limit)?)
+        .with_runtime_env(runtime(registry, options, limit)?)
         .with_statistics_registry(scan_statistics::registry())
         .with_physical_optimizer_rules(optimizer_rules(limit))
         .with_query_planner(Arc::new(PipelinePlanner {
@@ -192,14 +195,21 @@ fn optimizer_rules(
 }
 
 /// The runtime: a fair spilling memory pool of `limit` (which names its
-/// largest consumers when exhausted) and a disk manager in the spill dir.
-fn runtime(options: &RuntimeOptions, limit: Option<MemoryLimit>) -> Result<Arc<RuntimeEnv>> {
+/// largest consumers when exhausted), a disk manager in the spill dir, and
+/// the object stores the connectors build from the `storage` options.
+fn runtime(
+    registry: &Registry,
+    options: &RuntimeOptions,
+    limit: Option<MemoryLimit>,
+) -> Result<Arc<RuntimeEnv>> {
     let mode = match &options.spill_dir {
         Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
         None => DiskManagerMode::OsTmpDirectory,
     };
+    let stores = Stores::new(options.storage.clone(), registry.store_builder());
     let mut builder = RuntimeEnvBuilder::new()
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode));
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode))
+        .with_object_store_registry(Arc::new(stores));
     if let Some(limit) = limit {
         let bytes = usize::try_from(limit.bytes()).unwrap_or(usize::MAX);
         let top = NonZeroUsize::new(TOP_CONSUMERS).expect("non-zero");

@@ -167,6 +167,7 @@ mod tests {
         let options = RuntimeOptions {
             memory_limit: Some(MemoryLimit::from_bytes(8 << 20)),
             spill_dir: Some(spill.path().to_path_buf()),
+            ..Default::default()
         };
         let ctx = new_session(&Registry::new(), &options).unwrap();
         ctx.register_table("l", table("v", 3)).unwrap();

@@ -73,7 +73,7 @@ pub fn write_config(dir: &Path, name: &str, config: &str) -> String {
 }
 
 /// Runs `sql` over a table registered as `t` and returns its pretty-printed rows.
-async fn query(ctx: SessionContext, sql: &str) -> Vec<String> {
+pub async fn query(ctx: SessionContext, sql: &str) -> Vec<String> {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     pretty_format_batches(&batches)
         .unwrap()

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use dataflow_engine::connector::{
     BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
-use dataflow_engine::spec::{Mode, StepInfo};
+use dataflow_engine::spec::{Mode, StepInfo, StorageOptions};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
@@ -30,27 +30,32 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode as DeltaSaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use serde::Deserialize;
-use url::Url;
 
 use crate::error::{ConnectorError, Result};
 use crate::save_mode::SaveMode;
+use crate::storage::{check_path, is_local, store_for, url_of};
 use gated_store::GatedLogStore;
 
-/// The table URL for a config `path`: a local path (made absolute) or a URL.
-fn table_url(path: &str) -> Result<Url> {
-    if path.contains("://") {
-        return Url::parse(path)
-            .map_err(|e| ConnectorError::Rejected(format!("\"{path}\" is not a valid URL: {e}")));
-    }
-    let absolute =
-        std::path::absolute(path).map_err(crate::error::io(format!("resolving {path}")))?;
-    Url::from_directory_path(&absolute)
-        .map_err(|_| ConnectorError::Rejected(format!("\"{path}\" is not a valid table path")))
+/// The (unloaded) table at `path`, on the pipeline's store for it: the
+/// same store DataFusion reads files there with.
+fn table_at(storage: &StorageOptions, path: &str) -> Result<DeltaTable> {
+    let url = url_of(path)?;
+    let builder = DeltaTableBuilder::from_url(url.clone())?;
+    let builder = if is_local(&url) {
+        builder
+    } else {
+        builder.with_storage_backend(store_for(storage, &url)?, url)
+    };
+    Ok(builder.build()?)
 }
 
 /// Opens the table at `path`, or `None` when no Delta table is there yet.
-async fn open_existing(path: &str, version: Option<u64>) -> Result<Option<DeltaTable>> {
-    let mut table = DeltaTableBuilder::from_url(table_url(path)?)?.build()?;
+async fn open_existing(
+    storage: &StorageOptions,
+    path: &str,
+    version: Option<u64>,
+) -> Result<Option<DeltaTable>> {
+    let mut table = table_at(storage, path)?;
     if !table.log_store().is_delta_table_location().await? {
         return Ok(None);
     }
@@ -74,12 +79,16 @@ struct FromDeltaConfig {
 #[derive(Debug)]
 struct DeltaSource {
     config: FromDeltaConfig,
+    storage: StorageOptions,
 }
 
 /// Builds a `fromDeltaLake` source from its step config.
 pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>> {
+    let config: FromDeltaConfig = info.parse()?;
+    check_path(info, "path", &config.path)?;
     Ok(Arc::new(DeltaSource {
-        config: info.parse()?,
+        config,
+        storage: info.storage.clone(),
     }))
 }
 
@@ -87,7 +96,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
 impl Source for DeltaSource {
     async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
         let path = &self.config.path;
-        let table = open_existing(path, self.config.version_as_of)
+        let table = open_existing(&self.storage, path, self.config.version_as_of)
             .await
             .map_err(|e| {
                 ConnectorError::Rejected(format!("cannot open Delta table \"{path}\": {e}"))
@@ -136,6 +145,7 @@ struct DeltaSink {
     config: ToDeltaConfig,
     /// `saveMode` as written, or the mode's default.
     save_mode: SaveMode,
+    storage: StorageOptions,
 }
 
 /// The effective saveMode: batch pipelines default to errorIfExists, streaming
@@ -166,6 +176,7 @@ fn effective_save_mode(
 /// Builds a `toDeltaLake` sink from its step config.
 pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     let config: ToDeltaConfig = info.parse()?;
+    check_path(info, "path", &config.path)?;
     let save_mode = effective_save_mode(info, config.save_mode)?;
     let merging = save_mode == SaveMode::Merge;
     if merging && config.merge_keys.is_empty() {
@@ -195,7 +206,11 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     if config.target_file_size == Some(0) {
         return Err(info.error("targetFileSize", "must be positive"));
     }
-    Ok(Arc::new(DeltaSink { config, save_mode }))
+    Ok(Arc::new(DeltaSink {
+        config,
+        save_mode,
+        storage: info.storage.clone(),
+    }))
 }
 
 impl DeltaSink {
@@ -268,7 +283,7 @@ impl DeltaSink {
     /// Writes `input` as saveMode says: skips a batch the table already
     /// holds, merges into an existing table, or writes a new version.
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
-        let existing = open_existing(self.path(), None).await?;
+        let existing = open_existing(&self.storage, self.path(), None).await?;
         if let Some(table) = &existing {
             if !ctx.marks.is_empty() && self.holds_batch(table, &ctx).await? {
                 return self.skip_held_batch(table, ctx).await;
@@ -294,7 +309,7 @@ impl DeltaSink {
                 self.check_schema(&table, &input)?;
                 table
             }
-            None => DeltaTableBuilder::from_url(table_url(self.path())?)?.build()?,
+            None => table_at(&self.storage, self.path())?,
         };
         self.write_version(table, input, mode, ctx).await
     }
@@ -628,7 +643,7 @@ impl Sink for DeltaSink {
         app_ids: &[String],
     ) -> Result<Option<HashMap<String, i64>>, BoxError> {
         let mut recorded = HashMap::new();
-        if let Some(table) = open_existing(self.path(), None).await? {
+        if let Some(table) = open_existing(&self.storage, self.path(), None).await? {
             let state = table.snapshot()?;
             for app_id in app_ids {
                 if let Some(version) = state
@@ -645,12 +660,16 @@ impl Sink for DeltaSink {
 
 /// Appends `batch` to the Delta table at `path`, creating it if needed: for
 /// side outputs such as a dead-letter table.
-pub(crate) async fn append(path: &str, batch: RecordBatch) -> Result<()> {
+pub(crate) async fn append(storage: &StorageOptions, path: &str, batch: RecordBatch) -> Result<()> {
     if !path.contains("://") {
         std::fs::create_dir_all(path).map_err(crate::error::io(format!("creating {path}")))?;
     }
-    DeltaTable::try_from_url(table_url(path)?)
-        .await?
+    let mut table = table_at(storage, path)?;
+    match table.load().await {
+        Ok(()) | Err(deltalake::DeltaTableError::NotATable(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    table
         .write(vec![batch])
         .with_save_mode(DeltaSaveMode::Append)
         .await?;

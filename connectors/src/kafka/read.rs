@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use dataflow_engine::spec::StorageOptions;
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -47,8 +48,9 @@ pub(crate) enum OnDecodeError {
     Fail,
     /// Drop it; counted.
     Skip(AtomicU64),
-    /// Append it, with the reason, to the Delta table at this path.
-    DeadLetter(String),
+    /// Append it, with the reason, to the Delta table at this path (on
+    /// the pipeline's store for it).
+    DeadLetter(String, StorageOptions),
 }
 
 /// What every partition read of one `fromKafka` step shares.
@@ -273,10 +275,10 @@ impl RangeRead {
                         first.error
                     );
                 }
-                OnDecodeError::DeadLetter(path) => {
+                OnDecodeError::DeadLetter(path, storage) => {
                     let letters = dead_letters(&self.topic, self.partition, &bad)?;
                     runtime
-                        .block_on(crate::delta::append(path, letters))
+                        .block_on(crate::delta::append(storage, path, letters))
                         .map_err(|e| DataFusionError::External(Box::new(e)))?;
                     tracing::warn!(
                         "{} undecodable records of Kafka {}/{} went to the dead-letter table {path}",

@@ -207,6 +207,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
                 "only applies with onDecodeError deadLetter",
             ))
         }
+        (_, Some(path)) => crate::storage::check_path(info, "deadLetterPath", path)?,
         _ => {}
     }
     if config.on_decode_error != DecodeErrorName::Fail && config.format == FormatName::Raw {
@@ -403,7 +404,7 @@ impl KafkaSource {
                     ) {
                         (DecodeErrorName::Skip, _) => OnDecodeError::Skip(AtomicU64::new(0)),
                         (DecodeErrorName::DeadLetter, Some(path)) => {
-                            OnDecodeError::DeadLetter(path.clone())
+                            OnDecodeError::DeadLetter(path.clone(), self.info.storage.clone())
                         }
                         _ => OnDecodeError::Fail,
                     },

@@ -18,7 +18,6 @@ mod tls;
 mod types;
 mod values;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -135,6 +134,9 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
             ))
         }
         _ => {}
+    }
+    if let Some(dir) = &config.state_dir {
+        crate::storage::check_path(info, "stateDir", dir)?;
     }
     if config.state_dir.is_some() && config.incremental_column.is_none() {
         return Err(info.error("stateDir", "only applies with incrementalColumn"));
@@ -362,8 +364,8 @@ impl Source for PostgresSource {
         Ok(self.config.incremental_column.iter().cloned().collect())
     }
 
-    fn offset_log_dir(&self) -> Option<PathBuf> {
-        self.config.state_dir.as_ref().map(PathBuf::from)
+    fn offset_log_dir(&self) -> Option<String> {
+        self.config.state_dir.clone()
     }
 
     async fn open(&self, _state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {

@@ -10,6 +10,7 @@ mod raw;
 mod schedule;
 mod secrets;
 mod step;
+mod storage;
 mod storage_level;
 mod trigger;
 
@@ -28,6 +29,7 @@ pub use schedule::CronSchedule;
 pub use secrets::Credentials;
 use secrets::Fetched;
 pub use step::StepInfo;
+pub use storage::{parse_location, StorageOptions, SCHEMES};
 pub use storage_level::StorageLevel;
 pub use trigger::Trigger;
 
@@ -73,6 +75,10 @@ pub struct PipelineSpec {
     /// Where operators spill (`--spill-dir`; not a config key): the system
     /// temp dir when absent.
     pub spill_dir: Option<std::path::PathBuf>,
+    /// `storage`: object-store options per bucket, container or account
+    /// (object_store's option names); stores not named use the default
+    /// credential chains.
+    pub storage: StorageOptions,
     /// The strings that came from environment variables or Vault: messages
     /// about them show the `${VAR}` written, never the value.
     pub env_values: EnvValues,
@@ -242,7 +248,8 @@ impl PipelineSpec {
         };
         let (trigger, checkpoint_location) = raw.stream_settings()?;
         check_operations(&raw)?;
-        let steps = raw.step_infos(env_values, credentials)?;
+        let storage = StorageOptions::parse(&raw.storage)?;
+        let steps = raw.step_infos(env_values, credentials, &storage)?;
         check_steps(&steps)?;
         Ok(PipelineSpec {
             name: raw.name,
@@ -258,6 +265,7 @@ impl PipelineSpec {
             checkpoint_location,
             memory_limit: raw.memory_limit,
             spill_dir: None,
+            storage,
             env_values: env_values.clone(),
         })
     }

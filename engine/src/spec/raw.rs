@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::secrets::{Credentials, CREDENTIAL_PATH};
 use super::step::StepInfo;
+use super::storage::{parse_location, StorageOptions};
 use super::trigger::Trigger;
 use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind, StorageLevel};
 use crate::error::{Error, Result, StepRef};
@@ -46,6 +47,8 @@ pub(super) struct RawPipeline {
     pub output_mode: Option<Value>,
     #[serde(default, rename = "memoryLimit")]
     pub memory_limit: Option<MemoryLimit>,
+    #[serde(default)]
+    pub storage: BTreeMap<String, Map<String, Value>>,
 }
 
 /// One step as written: `{"type", "method", "input"?, "config"}`.
@@ -85,6 +88,10 @@ impl RawPipeline {
         };
         let checkpoint = match checkpoint {
             None => None,
+            Some((path, Value::String(dir))) if dir.contains("://") => {
+                parse_location(&dir).map_err(|m| Error::config(path, None, m))?;
+                Some(dir)
+            }
             Some((_, Value::String(dir))) if !dir.trim().is_empty() => Some(dir),
             Some((path, _)) => {
                 return Err(Error::config(
@@ -141,6 +148,7 @@ impl RawPipeline {
         &self,
         env_values: &EnvValues,
         credentials: &BTreeMap<usize, Credentials>,
+        storage: &StorageOptions,
     ) -> Result<Vec<StepInfo>> {
         self.steps
             .iter()
@@ -148,6 +156,7 @@ impl RawPipeline {
             .map(|(index, step)| {
                 let mut info = step.info(index, self.mode, env_values)?;
                 info.credentials = credentials.get(&index).cloned();
+                info.storage = storage.clone();
                 Ok(info)
             })
             .collect()
@@ -207,6 +216,7 @@ impl RawStep {
             config,
             env_values: env_values.clone(),
             credentials: None,
+            storage: StorageOptions::default(),
         })
     }
 }

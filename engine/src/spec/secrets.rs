@@ -1,5 +1,5 @@
 //! Secrets in a config: `${vault:PATH#KEY}` references in strings and
-//! `credentialPath` in step configs. Loading finds every secret path the
+//! `credentialPath` in step configs and `storage` entries. Loading finds every secret path the
 //! config names, reads each once from the [`SecretStore`] (concurrently),
 //! then substitutes the references and merges each `credentialPath`
 //! secret under its step's explicit keys. Every value taken from a secret
@@ -90,12 +90,9 @@ fn wanted(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(St
             Some((path.to_string(), e.path.clone()))
         })
     });
-    let credentials = steps(&probe).filter_map(|(index, config)| {
+    let credentials = holders(&probe).into_iter().filter_map(|(holder, config)| {
         let path = config.get(CREDENTIAL_PATH)?.as_str()?;
-        Some((
-            path.to_string(),
-            format!("steps[{index}].config.{CREDENTIAL_PATH}"),
-        ))
+        Some((path.to_string(), format!("{}.{CREDENTIAL_PATH}", holder.at)))
     });
     let mut wanted: Vec<(String, String)> = Vec::new();
     for (path, at) in references.chain(credentials) {
@@ -106,15 +103,72 @@ fn wanted(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(St
     Ok(wanted)
 }
 
-/// `(index, config)` of every step of a pipeline's JSON.
-fn steps(value: &Value) -> impl Iterator<Item = (usize, &Map<String, Value>)> {
-    value
+/// An object that may hold a `credentialPath`: a step's config or a
+/// `storage` entry.
+struct Holder {
+    /// Its JSON path, e.g. `steps[0].config` or `storage.s3://bucket`.
+    at: String,
+    /// The step's index, for a step's config.
+    step: Option<usize>,
+}
+
+impl Holder {
+    fn step(index: usize) -> Self {
+        Holder {
+            at: format!("steps[{index}].config"),
+            step: Some(index),
+        }
+    }
+
+    fn storage(prefix: &str) -> Self {
+        Holder {
+            at: format!("storage.{prefix}"),
+            step: None,
+        }
+    }
+}
+
+/// Every object of a pipeline's JSON that may hold a `credentialPath`.
+fn holders(value: &Value) -> Vec<(Holder, &Map<String, Value>)> {
+    let steps = value
         .get("steps")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
-        .filter_map(|(index, step)| Some((index, step.get("config")?.as_object()?)))
+        .filter_map(|(index, step)| Some((Holder::step(index), step.get("config")?.as_object()?)));
+    let storage = value
+        .get("storage")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(prefix, entry)| Some((Holder::storage(prefix), entry.as_object()?)));
+    steps.chain(storage).collect()
+}
+
+/// [`holders`], to change.
+fn holders_mut(value: &mut Value) -> Vec<(Holder, &mut Map<String, Value>)> {
+    let mut found = Vec::new();
+    for (key, item) in value.as_object_mut().into_iter().flatten() {
+        match key.as_str() {
+            "steps" => {
+                for (index, step) in item.as_array_mut().into_iter().flatten().enumerate() {
+                    if let Some(config) = step.get_mut("config").and_then(Value::as_object_mut) {
+                        found.push((Holder::step(index), config));
+                    }
+                }
+            }
+            "storage" => {
+                for (prefix, entry) in item.as_object_mut().into_iter().flatten() {
+                    if let Some(entry) = entry.as_object_mut() {
+                        found.push((Holder::storage(prefix), entry));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// `vault:PATH#KEY` split into path and key; `None` if `name` is not a
@@ -175,7 +229,8 @@ fn text(value: &Value) -> Option<String> {
 }
 
 /// Substitutes `${ENV}` and `${vault:PATH#KEY}` in `value`, then merges
-/// every step's `credentialPath` secret under its config. Returns what came
+/// every `credentialPath` secret under its step's config or `storage`
+/// entry. Returns what came
 /// from the environment or Vault, and each step's merged keys by index.
 pub(super) fn resolve(
     value: &mut Value,
@@ -188,25 +243,20 @@ pub(super) fn resolve(
     };
     let mut expanded = substitute(value, "", &mut resolver)?;
     let mut credentials = BTreeMap::new();
-    let configs = value
-        .get_mut("steps")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .filter_map(|(index, step)| Some((index, step.get_mut("config")?.as_object_mut()?)));
-    for (index, config) in configs {
+    for (holder, config) in holders_mut(value) {
         let Some(path) = config.get(CREDENTIAL_PATH).and_then(Value::as_str) else {
             continue;
         };
         let path = path.to_string();
-        let at = format!("steps[{index}].config");
+        let at = holder.at;
         let data = fetched
             .get(&path)
             .map_err(|m| Error::config(format!("{at}.{CREDENTIAL_PATH}"), None, m))?;
         let (keys, merged) = merge_under(config, data, &path, &at);
         expanded.extend(merged);
-        credentials.insert(index, Credentials { path, keys });
+        if let Some(index) = holder.step {
+            credentials.insert(index, Credentials { path, keys });
+        }
     }
     Ok((expanded, credentials))
 }

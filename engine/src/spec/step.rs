@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::secrets::CREDENTIAL_PATH;
-use super::{Credentials, EnvValues, Mode, StepKind, StorageLevel};
+use super::{Credentials, EnvValues, Mode, StepKind, StorageLevel, StorageOptions};
 use crate::error::{Error, Result, StepRef};
 
 /// What every step knows about itself while being built: where it is in the
@@ -36,6 +36,8 @@ pub struct StepInfo {
     /// `credentialPath`: the secret whose keys were merged into `config`
     /// (under the keys the config sets itself), and which keys those are.
     pub credentials: Option<Credentials>,
+    /// The pipeline's `storage` options: how to reach each object store.
+    pub storage: StorageOptions,
 }
 
 impl fmt::Debug for StepInfo {
@@ -206,6 +208,7 @@ mod tests {
             config: config.as_object().unwrap().clone(),
             env_values: EnvValues::default(),
             credentials: None,
+            storage: StorageOptions::default(),
         }
     }
 

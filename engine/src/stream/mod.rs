@@ -6,7 +6,6 @@
 //! committed batch.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,7 @@ struct StreamState {
     /// Bound the stream by what is available at start.
     available_now: bool,
     /// The offset log directory for sinks that cannot record positions.
-    checkpoint: Option<PathBuf>,
+    checkpoint: Option<String>,
 }
 
 /// Where a streaming source's next batch starts, and the offset log its
@@ -102,7 +101,7 @@ impl StreamState {
         StreamState {
             micro_batch: spec.trigger != Trigger::Once,
             available_now: spec.trigger == Trigger::AvailableNow,
-            checkpoint: spec.checkpoint_location.as_ref().map(PathBuf::from),
+            checkpoint: spec.checkpoint_location.clone(),
             ..StreamState::default()
         }
     }
@@ -119,7 +118,7 @@ impl StreamState {
             return Ok(OpenedTable::whole(table.clone()));
         }
         // Read once: its positions are never stored.
-        let (resume, _) = resume_with_log(source, sinks, None).await?;
+        let (resume, _) = resume_with_log(source, sinks, None, &ctx.runtime_env()).await?;
         let opened = source.open(ctx, resume).await?;
         let schema = opened.table.schema();
         let rows = ctx
@@ -143,7 +142,7 @@ impl StreamState {
         let catch_up = if self.positions.contains_key(&index) {
             HashMap::new()
         } else {
-            self.first_position(source, sinks).await?
+            self.first_position(source, sinks, ctx).await?
         };
         let position = &self.positions[&index];
         let mut resume = position.resume.clone();
@@ -171,9 +170,12 @@ impl StreamState {
         &mut self,
         source: &OpenedSource,
         sinks: &[Arc<dyn Sink>],
+        ctx: &SessionContext,
     ) -> Result<HashMap<String, i64>> {
         let index = source.step.index;
-        let (mut resume, log) = resume_with_log(source, sinks, self.checkpoint.as_deref()).await?;
+        let checkpoint = self.checkpoint.as_deref();
+        let (mut resume, log) =
+            resume_with_log(source, sinks, checkpoint, &ctx.runtime_env()).await?;
         let catch_up = std::mem::take(&mut resume.until);
         if self.available_now {
             let latest = source
