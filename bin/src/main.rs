@@ -11,10 +11,11 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataflow_engine::ops::history::{History, RunCause};
-use dataflow_engine::ops::schedule::{run_schedules, Job};
+use dataflow_engine::ops::schedule::{run_schedules, Job, Reload};
 use dataflow_engine::pipeline::Pipeline;
 use dataflow_engine::secret::vault::Vault;
 use dataflow_engine::spec::{MemoryLimit, Mode, PipelineSpec};
@@ -154,19 +155,45 @@ fn init_logging(cli: &Cli) {
 /// Loads a config (reading the Vault secrets it names, each once) and
 /// applies the run-time flags that override it.
 async fn load_spec(cli: &Cli, config: &Path, sets: &[String]) -> Result<PipelineSpec> {
-    let text = std::fs::read_to_string(config).map_err(|e| {
-        Error::config(
-            display(config),
-            None,
-            format!("cannot read the config file: {e}"),
-        )
-    })?;
-    let env = |name: &str| std::env::var(name).ok();
-    let vault = Vault::from_env(&env);
-    let mut spec = PipelineSpec::load_with_secrets(&text, sets, &env, &vault).await?;
-    spec.memory_limit = cli.memory_limit.or(spec.memory_limit);
-    spec.spill_dir = cli.spill_dir.clone();
-    Ok(spec)
+    Loader::new(cli, config, sets)?.load().await
+}
+
+/// A config's text and the flags that override it: loaded again before
+/// every scheduled run, so each run reads the secrets of its own time.
+#[derive(Clone)]
+struct Loader {
+    text: String,
+    sets: Vec<String>,
+    memory_limit: Option<MemoryLimit>,
+    spill_dir: Option<PathBuf>,
+}
+
+impl Loader {
+    fn new(cli: &Cli, config: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(config).map_err(|e| {
+            Error::config(
+                display(config),
+                None,
+                format!("cannot read the config file: {e}"),
+            )
+        })?;
+        Ok(Loader {
+            text,
+            sets: sets.to_vec(),
+            memory_limit: cli.memory_limit,
+            spill_dir: cli.spill_dir.clone(),
+        })
+    }
+
+    async fn load(&self) -> Result<PipelineSpec> {
+        let env = |name: &str| std::env::var(name).ok();
+        let vault = Vault::from_env(&env);
+        let mut spec =
+            PipelineSpec::load_with_secrets(&self.text, &self.sets, &env, &vault).await?;
+        spec.memory_limit = self.memory_limit.or(spec.memory_limit);
+        spec.spill_dir = self.spill_dir.clone();
+        Ok(spec)
+    }
 }
 
 async fn compile(cli: &Cli, args: &ConfigArgs) -> Result<Pipeline> {
@@ -190,7 +217,8 @@ fn on_interrupt(what: &'static str) -> CancellationToken {
 async fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for config in &args.configs {
-        let spec = load_spec(cli, config, &args.sets).await?;
+        let loader = Loader::new(cli, config, &args.sets)?;
+        let spec = loader.load().await?;
         let schedule = spec.schedule.clone().ok_or_else(|| {
             Error::config(
                 "schedule",
@@ -201,10 +229,15 @@ async fn jobs(cli: &Cli, args: &ScheduleArgs, observer: &Observer) -> Result<Vec
                 ),
             )
         })?;
+        let reload: Reload = Arc::new(move || {
+            let loader = loader.clone();
+            Box::pin(async move { loader.load().await })
+        });
         jobs.push(Job {
             spec,
             schedule,
             runner: observer.runner(),
+            reload: Some(reload),
         });
     }
     Ok(jobs)

@@ -443,3 +443,66 @@ async fn the_spark_apps_batch_step_runs_as_written() {
     assert_eq!(rows[3], "| 1000 | 500500 |");
     assert_absent(pg().password(), &[&ran.stdout, &ran.stderr]);
 }
+
+/// `schedule` reads the secrets again before every run: a value rotated in
+/// Vault reaches the next run without a restart.
+#[tokio::test]
+async fn scheduled_runs_read_rotated_secrets() {
+    vault()
+        .put("secret/rotating", &[("tag", "before")])
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let config = r#"{"name": "rotating", "schedule": "* * * * * *", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/orders-2026-11-01.csv", "header": true}},
+        {"type": "transform", "method": "sql", "config": {"query": "SELECT '${vault:secret/data/rotating#tag}' AS tag"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/tags", "saveMode": "append"}}
+    ]}"#;
+    let file = write_config(out.path(), "rotating.json", config);
+    let state = out.path().join("state");
+    let mut child = vault_cli(out.path(), &root())
+        .args([
+            "schedule",
+            &file,
+            "--state-dir",
+            &state.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tags = |out: std::path::PathBuf| async move {
+        if !out.join("tags/_delta_log").exists() {
+            return Vec::new();
+        }
+        delta_rows(&out.join("tags"), "SELECT DISTINCT tag FROM t ORDER BY tag").await
+    };
+    let wait_for = |tag: &'static str| {
+        let out = out.path().to_path_buf();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let rows = tags(out.clone()).await;
+                if rows.iter().any(|r| r.contains(tag)) || Instant::now() > deadline {
+                    return rows;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first = wait_for("before").await;
+    vault().put("secret/rotating", &[("tag", "after")]).unwrap();
+    let second = wait_for("after").await;
+    kill("-TERM", child.id());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        first.iter().any(|r| r.contains("before")),
+        "{first:?}\n{stderr}"
+    );
+    assert!(
+        second.iter().any(|r| r.contains("after")),
+        "{second:?}\n{stderr}"
+    );
+    assert!(status.success(), "{stderr}");
+}

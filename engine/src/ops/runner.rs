@@ -124,6 +124,13 @@ impl Runner {
         result
     }
 
+    /// Records a scheduled run of `pipeline` that could not start: its
+    /// config did not load again (e.g. Vault unreachable).
+    pub fn not_started(&self, pipeline: &str, slot: DateTime<Utc>, err: Error) {
+        let record = RunRecord::begin(pipeline, RunCause::Schedule, Some(slot));
+        self.recorder.attempt_ended(record, &Err(err));
+    }
+
     /// Records a schedule slot skipped because the pipeline was busy.
     pub fn skipped(&self, pipeline: &str, slot: DateTime<Utc>) {
         self.recorder.skipped(pipeline, slot);

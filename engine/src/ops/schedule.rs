@@ -10,15 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Result;
 use crate::ops::history::RunCause;
 use crate::ops::runner::Runner;
 use crate::spec::{CatchUp, CronSchedule, Overlap, PipelineSpec};
 
+/// Loads a pipeline's config again, reading its Vault secrets anew.
+pub type Reload = Arc<dyn Fn() -> BoxFuture<'static, Result<PipelineSpec>> + Send + Sync>;
+
 /// One pipeline to run on its schedule.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Job {
     /// The pipeline.
     pub spec: PipelineSpec,
@@ -26,6 +31,19 @@ pub struct Job {
     pub schedule: CronSchedule,
     /// Runs it, with its history and metrics.
     pub runner: Runner,
+    /// Called before every run, so that each run uses the secrets of its
+    /// own time (a password rotated in Vault); `None`: `spec` as it is.
+    pub reload: Option<Reload>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("spec", &self.spec)
+            .field("schedule", &self.schedule)
+            .field("reload", &self.reload.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs every job on its schedule until `shutdown` fires, then lets running
@@ -47,6 +65,7 @@ async fn run_job(job: Job, shutdown: CancellationToken) {
         spec,
         schedule,
         runner,
+        reload,
     } = job;
     let spec = Arc::new(spec);
     let busy = Arc::new(AtomicBool::new(false));
@@ -61,9 +80,18 @@ async fn run_job(job: Job, shutdown: CancellationToken) {
                 }
                 busy.store(true, Ordering::SeqCst);
                 // The outcome is in the history, the metrics and the log.
-                let _ = runner
-                    .run(&spec, RunCause::Schedule, Some(slot), &shutdown)
-                    .await;
+                let fresh = match &reload {
+                    None => Ok(spec.clone()),
+                    Some(reload) => reload().await.map(Arc::new),
+                };
+                match fresh {
+                    Ok(fresh) => {
+                        let _ = runner
+                            .run(&fresh, RunCause::Schedule, Some(slot), &shutdown)
+                            .await;
+                    }
+                    Err(err) => runner.not_started(&spec.name, slot, err),
+                }
                 busy.store(false, Ordering::SeqCst);
             }
         })
