@@ -456,6 +456,12 @@ fn storage_options_are_checked_at_validate() {
             "steps[1].config.path",
             "not its root",
         ),
+        (
+            "testdata/orders/",
+            "s3:/bucket/t",
+            "steps[1].config.path",
+            "two slashes",
+        ),
     ] {
         let method = if load == "s3://bucket" {
             "toFiles"
@@ -647,7 +653,17 @@ async fn the_spark_apps_streaming_example_runs_as_written() {
     s3().create_bucket("pipeline-delta").ok(); // shared by both examples
     let store = s3().store("pipeline-delta").unwrap();
     broker().create_topic("user-events", 2).unwrap();
-    produce("user-events", 2, 0..30); // before the start: skipped (latest)
+    let tagged = |tag: &str, ids: std::ops::Range<i64>| {
+        let values: Vec<String> = ids
+            .map(|i| {
+                let kind = if i % 3 == 0 { "purchase" } else { "view" };
+                format!(r#"{{"id": {i}, "kind": "{kind}", "tag": "{tag}"}}"#)
+            })
+            .collect();
+        let records: Vec<_> = values.iter().map(|v| (0, None, v.as_bytes())).collect();
+        broker().produce("user-events", &records).unwrap();
+    };
+    tagged("early", 0..30); // before the start: skipped (latest)
     VaultServer::shared()
         .put(
             "secret/kafka",
@@ -662,15 +678,30 @@ async fn the_spark_apps_streaming_example_runs_as_written() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
-    produce("user-events", 2, 100..160);
     let url = "s3://pipeline-delta/purchases";
-    let sql = "SELECT count(*) AS n, count(DISTINCT value) AS distinct_values FROM t WHERE CAST(value AS VARCHAR) LIKE '%purchase%'";
+    let count = |tag: &str| {
+        format!(
+            "SELECT count(*) AS n FROM t WHERE CAST(value AS VARCHAR) LIKE '%\"tag\": \"{tag}\"%'"
+        )
+    };
+    // Once the stream runs, a probe purchase reaches the table.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probe = 0;
+    while Instant::now() < deadline
+        && rows_if_any(&store, url, "purchases", &count("probe"))
+            .await
+            .get(3)
+            .is_none_or(|r| r == "| 0 |")
+    {
+        tagged("probe", probe * 3..probe * 3 + 1);
+        probe += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tagged("late", 100..160);
     let mut rows = Vec::new();
     while Instant::now() < deadline {
-        rows = rows_if_any(&store, url, "purchases", sql).await;
-        if rows.get(3).is_some_and(|r| r == "| 20 | 20              |") {
+        rows = rows_if_any(&store, url, "purchases", &count("late")).await;
+        if rows.get(3).is_some_and(|r| r == "| 20 |") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -681,14 +712,22 @@ async fn the_spark_apps_streaming_example_runs_as_written() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(
         rows.get(3).map(String::as_str),
-        Some("| 20 | 20              |"),
+        Some("| 20 |"),
         "{rows:?}\n{stderr}"
     );
-    let all = rows_if_any(&store, url, "purchases", "SELECT count(*) AS n FROM t").await;
+    let early = rows_if_any(&store, url, "purchases", &count("early")).await;
     assert_eq!(
-        all[3], "| 20 |",
-        "only purchases, only those after the start"
+        early[3], "| 0 |",
+        "what was there before the start is skipped"
     );
+    let views = rows_if_any(
+        &store,
+        url,
+        "purchases",
+        "SELECT count(*) AS n FROM t WHERE CAST(value AS VARCHAR) NOT LIKE '%purchase%'",
+    )
+    .await;
+    assert_eq!(views[3], "| 0 |", "only purchases pass the filter");
     assert!(status.success(), "{status:?}: {stderr}");
 }
 
@@ -862,20 +901,24 @@ async fn storage_credentials_from_vault_never_show() {
         .collect();
     let mut entry = serde_json::to_value(options).unwrap();
     entry["credentialPath"] = "secret/data/s3".into();
+    // A value from the environment, beside the Vault ones.
+    entry["aws_region"] = "${S3_TEST_REGION}".into();
     let storage = serde_json::json!({ format!("s3://{bucket}"): entry });
     let out = tempfile::tempdir().unwrap();
     let config = format!(
         r#"{{"name": "s3-vault", "storage": {storage}, "steps": [
         {{"type": "extract", "method": "fromFiles", "config": {{"path": "testdata/orders/orders-2026-11-01.csv", "header": true}}}},
-        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "s3://{bucket}/orders"}}}}
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "s3://{bucket}/orders", "saveMode": "append"}}}}
     ]}}"#
     );
     let file = write_config(out.path(), "vault.json", &config);
-    let env = vault_env();
+    let mut env = vault_env();
+    env.push(("S3_TEST_REGION".into(), "us-east-1".into()));
     let outputs: Vec<Run> = [
         vec!["validate", &file],
         vec!["explain", &file],
         vec!["run", "-v", &file],
+        vec!["--log-format", "json", "-vv", "run", &file],
     ]
     .iter()
     .map(|args| run_env(out.path(), &env, args))
@@ -892,7 +935,7 @@ async fn storage_credentials_from_vault_never_show() {
         "SELECT count(*) AS n FROM t",
     )
     .await;
-    assert_eq!(rows[3], "| 5 |");
+    assert_eq!(rows[3], "| 10 |", "two runs of 5 rows");
     let config = config.replace("secret/data/s3", "secret/data/nowhere");
     let file = write_config(out.path(), "missing.json", &config);
     let missing = run_env(out.path(), &env, &["validate", &file]);
@@ -904,4 +947,123 @@ async fn storage_credentials_from_vault_never_show() {
         "{}",
         missing.stderr
     );
+}
+
+/// A large CSV output goes up in parts, invisible until the commit: a run
+/// whose other load fails leaves nothing behind; the next run's files
+/// appear whole.
+#[tokio::test]
+async fn large_files_appear_at_the_commit_and_a_failed_run_leaves_nothing() {
+    let (bucket, storage) = bucket("large");
+    let store = s3().store(&bucket).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let seed = r#"{"name": "seed", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "testdata/orders/orders-2026-11-01.csv", "header": true}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "${DATAFLOW_OUT}/existing"}}
+    ]}"#;
+    run(
+        out.path(),
+        &["run", &write_config(out.path(), "seed.json", seed)],
+    )
+    .assert_ok();
+    let config = |failing: bool| {
+        let second = if failing {
+            r#", {"type": "load", "method": "toDeltaLake", "input": "numbers", "config": {"path": "${DATAFLOW_OUT}/existing"}}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"name": "large", "storage": {storage}, "steps": [
+            {{"type": "extract", "method": "fromFiles", "config": {{"path": "testdata/orders/orders-2026-11-01.csv", "header": true}}}},
+            {{"type": "transform", "method": "sql", "config": {{"query": "SELECT value AS v, value * 7 AS w FROM generate_series(1, 2000000)", "registerAs": "numbers"}}}},
+            {{"type": "load", "method": "toFiles", "input": "numbers", "config": {{"path": "s3://{bucket}/numbers", "format": "csv"}}}}{second}
+        ]}}"#
+        )
+    };
+    let failing = write_config(out.path(), "failing.json", &config(true));
+    let failed = run(out.path(), &["run", &failing]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("already exists"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(
+        keys(&store, "").await,
+        Vec::<String>::new(),
+        "nothing left behind"
+    );
+
+    let working = write_config(out.path(), "working.json", &config(false));
+    run(out.path(), &["run", &working]).assert_ok();
+    let rows = remote_file_rows(
+        store.clone(),
+        &format!("s3://{bucket}/numbers"),
+        "csv",
+        "SELECT count(*) AS n, sum(w) AS w FROM t",
+    )
+    .await;
+    assert_eq!(rows[3], "| 2000000 | 14000007000000 |", "{rows:?}");
+    let written = keys(&store, "").await;
+    assert!(
+        written.iter().all(|k| k.starts_with("numbers/")),
+        "{written:?}"
+    );
+}
+
+/// fromPostgres's `stateDir` (its offset log) on S3: the second run reads
+/// only the rows added since the first.
+#[tokio::test]
+async fn postgres_state_dir_on_s3() {
+    let (bucket, storage) = bucket("state");
+    let store = s3().store(&bucket).unwrap();
+    let pg = PgServer::shared();
+    let db = pg.create_database("state_dir").await;
+    pg.execute(
+        &db,
+        "CREATE TABLE events (id int); INSERT INTO events SELECT generate_series(1, 10);",
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"name": "pg-state", "storage": {storage}, "steps": [
+        {{"type": "extract", "method": "fromPostgres", "config": {{"url": "{}", "password": "${{PGPASSWORD}}", "table": "events",
+          "incrementalColumn": "id", "stateDir": "s3://{bucket}/state"}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "${{DATAFLOW_OUT}}/events", "saveMode": "append"}}}}
+    ]}}"#,
+        pg.url(&db)
+    );
+    let file = write_config(out.path(), "state.json", &config);
+    let env = [("PGPASSWORD".to_string(), pg.password().to_string())];
+    run_env(out.path(), &env, &["run", &file]).assert_ok();
+    pg.execute(&db, "INSERT INTO events SELECT generate_series(11, 15);")
+        .await;
+    run_env(out.path(), &env, &["run", &file]).assert_ok();
+    let rows = file_rows(
+        &out.path().join("events"),
+        "parquet",
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM t",
+    )
+    .await;
+    assert_eq!(rows[3], "| 15 | 15  |", "{rows:?}");
+    let logs = keys(&store, "state").await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+}
+
+#[tokio::test]
+async fn file_urls_are_local_paths() {
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("with space");
+    let url = Url::from_directory_path(&target).unwrap();
+    let config = format!(
+        r#"{{"name": "file-url", "steps": [
+        {{"type": "extract", "method": "fromFiles", "config": {{"path": "testdata/orders/orders-2026-11-01.csv", "header": true}}}},
+        {{"type": "load", "method": "toFiles", "config": {{"path": "{}", "format": "csv"}}}}
+    ]}}"#,
+        url.as_str().trim_end_matches('/')
+    );
+    let file = write_config(out.path(), "file-url.json", &config);
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = file_rows(&target, "csv", "SELECT count(*) AS n FROM t").await;
+    assert_eq!(rows[3], "| 5 |");
 }

@@ -87,6 +87,20 @@ impl CommitGate {
         aborted
     }
 
+    /// Resolves once the run's commits are aborted; never if the gate
+    /// opens. A sink still staging races its work against it, to stop and
+    /// discard what it staged at once.
+    pub async fn aborted(&self) {
+        let mut rx = self.phase.subscribe();
+        let settled = rx
+            .wait_for(|phase| !matches!(phase, Phase::Waiting { .. }))
+            .await
+            .map(|phase| *phase);
+        if !matches!(settled, Ok(Phase::Aborted)) {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// When the gate opened (the run's commit point), if it did.
     pub fn opened_at(&self) -> Option<Instant> {
         self.opened_at.get().copied()
@@ -111,6 +125,19 @@ mod tests {
         assert!(b.ready().await.is_ok());
         assert!(first.await.unwrap());
         assert!(!gates[0].abort(), "abort after open has no effect");
+    }
+
+    #[tokio::test]
+    async fn aborted_resolves_on_abort_only() {
+        let gates = CommitGate::for_participants(2);
+        let a = gates[0].clone();
+        let watcher = tokio::spawn(async move { a.aborted().await });
+        assert!(gates[1].abort());
+        watcher.await.unwrap();
+        let open = CommitGate::for_participants(1);
+        open[0].ready().await.unwrap();
+        let never = tokio::time::timeout(std::time::Duration::from_millis(50), open[0].aborted());
+        assert!(never.await.is_err(), "an open gate is never aborted");
     }
 
     #[tokio::test]

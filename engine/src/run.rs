@@ -139,8 +139,12 @@ async fn write_load(load: &Load, ctx: WriteContext, progress: Option<&RowCounter
     }
 }
 
+/// How long a cancelled run waits for its loads to discard what they staged.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
+
 /// Awaits `all`, unless `cancel` resolves before the commit point: then the
-/// run's commits are aborted. Once they began, they are let finish.
+/// run's commits are aborted (and the loads get [`CLEANUP_LIMIT`] to clean
+/// up). Once they began, they are let finish.
 async fn unless_cancelled<T>(
     all: impl Future<Output = T>,
     gates: &[CommitGate],
@@ -155,6 +159,8 @@ async fn unless_cancelled<T>(
             // commits, unless they already began.
             gates.first().map(CommitGate::abort);
             if !gates.iter().any(CommitGate::is_open) {
+                // The loads see the abort and discard what they staged.
+                let _ = tokio::time::timeout(CLEANUP_LIMIT, all).await;
                 return Err(Error::Cancelled);
             }
             tracing::warn!("interrupted during commit; letting the commits finish");

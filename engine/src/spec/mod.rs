@@ -186,7 +186,7 @@ impl PipelineSpec {
     pub async fn load_with_secrets(
         text: &str,
         sets: &[String],
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
         store: &dyn SecretStore,
     ) -> Result<Self> {
         let value = Self::read(text, sets)?;

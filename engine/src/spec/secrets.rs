@@ -39,7 +39,7 @@ impl Fetched {
     /// JSON path naming that secret.
     pub async fn read(
         value: &Value,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
         store: &dyn SecretStore,
     ) -> Result<Fetched> {
         let wanted = wanted(value, env)?;

@@ -20,9 +20,15 @@ use crate::error::{Error, Result};
 /// The URL schemes a path may have, besides plain local paths.
 pub const SCHEMES: [&str; 8] = ["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
+/// Options delta-rs reads for every store: retries of failed requests.
+const DELTA_RS_KEYS: [&str; 2] = ["max_retries", "retry_timeout"];
+
 /// Options delta-rs's AWS support reads besides object_store's own (the
-/// AWS SDK's credential chain: profiles, roles, web identity).
-const DELTA_RS_AWS_KEYS: [&str; 10] = [
+/// AWS SDK's credential chain: profiles, roles, web identity; and the
+/// rename fallback for S3-compatible servers without conditional PUT).
+const DELTA_RS_AWS_KEYS: [&str; 12] = [
+    "aws_ec2_metadata_timeout",
+    "aws_s3_allow_unsafe_rename",
     "aws_profile",
     "aws_iam_role_arn",
     "aws_iam_role_session_name",
@@ -36,12 +42,25 @@ const DELTA_RS_AWS_KEYS: [&str; 10] = [
 ];
 
 /// The validated `storage` map: one option set per store (scheme and
-/// host), cheap to clone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// host), cheap to clone. Its `Debug` shows prefixes and option names,
+/// never values (which may be credentials).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct StorageOptions(Arc<BTreeMap<String, Location>>);
 
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .values()
+                    .map(|l| (&l.prefix, l.options.keys().collect::<Vec<_>>())),
+            )
+            .finish()
+    }
+}
+
 /// One store's options and where they were written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Location {
     /// The prefix as written (the key of the `storage` map).
     prefix: String,
@@ -170,31 +189,42 @@ fn parse_options(
             Value::Bool(b) => b.to_string(),
             _ => return Err(Error::config(path, None, "must be a string")),
         };
-        check_key(url, key).map_err(|m| Error::config(&path, None, m))?;
-        options.insert(key.to_ascii_lowercase(), text);
+        let name = canonical_key(url, key).map_err(|m| Error::config(&path, None, m))?;
+        if options.insert(name.clone(), text).is_some() {
+            return Err(Error::config(
+                path,
+                None,
+                format!("sets {name} a second time (option names are case-insensitive and aliases name the same option)"),
+            ));
+        }
     }
     Ok(options)
 }
 
-/// Whether the store of `url` knows option `key`.
-fn check_key(url: &Url, key: &str) -> std::result::Result<(), String> {
+/// The name the store of `url` knows option `key` by (aliases and case
+/// folded to object_store's canonical name).
+fn canonical_key(url: &Url, key: &str) -> std::result::Result<String, String> {
     let lower = key.to_ascii_lowercase();
+    if DELTA_RS_KEYS.contains(&lower.as_str()) {
+        return Ok(lower);
+    }
     let (known, examples) = match url.scheme() {
+        "s3" | "s3a" if DELTA_RS_AWS_KEYS.contains(&lower.as_str()) => (Some(lower.clone()), ""),
         "s3" | "s3a" => (
-            AmazonS3ConfigKey::from_str(&lower).is_ok() || DELTA_RS_AWS_KEYS.contains(&lower.as_str()),
+            AmazonS3ConfigKey::from_str(&lower).ok().map(|k| k.as_ref().to_string()),
             "aws_endpoint, aws_region, aws_access_key_id, aws_secret_access_key, aws_profile",
         ),
         "gs" => (
-            GoogleConfigKey::from_str(&lower).is_ok(),
+            GoogleConfigKey::from_str(&lower).ok().map(|k| k.as_ref().to_string()),
             "google_service_account, google_service_account_key, google_application_credentials",
         ),
         _ => (
-            AzureConfigKey::from_str(&lower).is_ok(),
+            AzureConfigKey::from_str(&lower).ok().map(|k| k.as_ref().to_string()),
             "azure_storage_account_name, azure_storage_account_key, azure_storage_sas_key, azure_storage_use_emulator",
         ),
     };
-    if known {
-        Ok(())
+    if let Some(name) = known {
+        Ok(name)
     } else {
         Err(format!(
             "unknown option \"{key}\" for {}:// locations; options use object_store's names, e.g. {examples}",
@@ -226,7 +256,8 @@ mod tests {
         }))
         .unwrap();
         let options = storage.for_url(&Url::parse("s3://data/other/x.parquet").unwrap());
-        assert_eq!(options["aws_allow_http"], "true");
+        // Aliases fold into object_store's canonical names.
+        assert_eq!(options["allow_http"], "true");
         assert!(storage
             .for_url(&Url::parse("s3://elsewhere/x").unwrap())
             .is_empty());
@@ -259,6 +290,21 @@ mod tests {
         assert!(text.contains("unsupported scheme"), "{text}");
         assert!(parse(json!({"gs://b": {"google_service_account_key": "{}"}})).is_ok());
         assert!(parse(json!({"az://c": {"azure_storage_use_emulator": true}})).is_ok());
-        assert!(parse(json!({"s3://b": {"AWS_PROFILE": "dev"}})).is_ok());
+        assert!(parse(json!({"s3://b": {"AWS_PROFILE": "dev", "max_retries": 3}})).is_ok());
+        let text =
+            message(parse(json!({"s3://b": {"aws_region": "a", "REGION": "b"}})).unwrap_err());
+        assert!(text.contains("second time"), "{text}");
+    }
+
+    #[test]
+    fn aliases_are_one_option_and_debug_shows_no_value() {
+        let storage = parse(json!({
+            "s3://data/a": {"region": "eu-west-1", "aws_secret_access_key": "s3cr3t"},
+            "s3://data/b": {"aws_region": "eu-west-1", "secret_access_key": "s3cr3t"},
+        }))
+        .unwrap();
+        let debug = format!("{storage:?}");
+        assert!(debug.contains("aws_secret_access_key"), "{debug}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
     }
 }

@@ -6,10 +6,12 @@ mod deferred;
 mod local;
 mod remote;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use dataflow_engine::commit::{CommitAbandoned, CommitGate};
 use dataflow_engine::connector::{BoxError, Sink, SinkReport, WriteContext};
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::array::{Array, UInt64Array};
@@ -153,9 +155,13 @@ fn compression(
 fn target(info: &StepInfo, path: &str) -> dataflow_engine::Result<Target> {
     let url = url_of(path).map_err(|e| info.error("path", e.to_string()))?;
     if is_local(&url) {
-        return Ok(Target::Local(PathBuf::from(
-            path.trim_start_matches("file://"),
-        )));
+        let local = match path.starts_with("file:") {
+            true => url
+                .to_file_path()
+                .map_err(|()| info.error("path", format!("\"{path}\" is not a local path")))?,
+            false => PathBuf::from(path),
+        };
+        return Ok(Target::Local(local));
     }
     remote::target_key(path, &url).map_err(|m| info.error("path", m))?;
     Ok(Target::Remote(url))
@@ -223,7 +229,8 @@ impl FileSink {
         target: &std::path::Path,
     ) -> Result<(u64, u64)> {
         let staging = local::staging_dir(target);
-        let outcome = async {
+        let gate = ctx.gate.clone();
+        let outcome = until_aborted(&gate, async {
             // DataFusion writes no file for no rows: the (empty) directory
             // is then the output, so a reader sees an empty dataset.
             std::fs::create_dir_all(&staging)
@@ -237,7 +244,7 @@ impl FileSink {
                 return Err(self.exists_error());
             }
             Ok((rows, bytes))
-        }
+        })
         .await;
         if staging.exists() {
             let _ = std::fs::remove_dir_all(&staging);
@@ -256,13 +263,18 @@ impl FileSink {
     ) -> Result<(u64, u64)> {
         let staging = target.staging();
         registry.register_store(&staging.store_url, staging.store.clone());
-        let outcome = async {
+        let gate = ctx.gate.clone();
+        let outcome = until_aborted(&gate, async {
             let rows = self.write_staged(input, &staging.url).await?;
             let bytes = staging.bytes();
             ctx.gate.ready().await?;
+            // Another writer may have created the target meanwhile.
+            if self.config.save_mode == SaveMode::ErrorIfExists && target.has_data().await? {
+                return Err(self.exists_error());
+            }
             target.commit(&staging, self.config.save_mode).await?;
             Ok((rows, bytes))
-        }
+        })
         .await;
         let _ = registry.deregister_store(&staging.store_url);
         target.discard(&staging).await;
@@ -287,6 +299,16 @@ impl FileSink {
             "{} already exists (saveMode errorIfExists). Help: set saveMode to overwrite, append or ignore",
             self.config.path
         ))
+    }
+}
+
+/// Runs `work` (staging, then committing) unless the run's commits are
+/// aborted first (another load failed, or the run was cancelled): then it
+/// is stopped where it is, and the caller discards what it staged.
+async fn until_aborted<T>(gate: &CommitGate, work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        outcome = work => outcome,
+        () = gate.aborted() => Err(CommitAbandoned.into()),
     }
 }
 
