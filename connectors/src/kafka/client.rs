@@ -133,6 +133,7 @@ impl ClientSettings {
     /// A librdkafka config with these settings.
     pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        set_defaults(&mut config);
         self.apply_passthrough(&mut config);
         config.set("bootstrap.servers", &self.bootstrap_servers);
         config
@@ -150,6 +151,7 @@ impl ClientSettings {
             config.set("fetch.wait.max.ms", "10");
         }
         config.set("queued.max.messages.kbytes", "16384");
+        set_defaults(&mut config);
         self.apply_passthrough(&mut config);
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
@@ -278,4 +280,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ConnectorError::Rejected(format!("Kafka client task failed: {e}")))?
+}
+
+/// Our defaults for every client, before the `kafka.*` keys: reconnect to a
+/// broker that came back within a second (the Java client's default;
+/// librdkafka's 10 s would outlast `metadataTimeoutMs` after an outage).
+fn set_defaults(config: &mut ClientConfig) {
+    config.set("reconnect.backoff.max.ms", "1000");
 }
