@@ -5,6 +5,8 @@
 //! the commit waits for the run's other sinks.
 
 mod gated_store;
+mod merge;
+mod source_order;
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::{normalize_for_delta, StructType};
-use deltalake::operations::merge::{MergeBuilder, MergeMetrics};
+use deltalake::operations::merge::MergeMetrics;
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -35,6 +37,7 @@ use crate::error::{ConnectorError, Result};
 use crate::save_mode::SaveMode;
 use crate::storage::{check_path, is_local, store_for, url_of};
 use gated_store::GatedLogStore;
+use merge::Merge;
 
 /// The (unloaded) table at `path`, on the pipeline's store for it: the
 /// same store DataFusion reads files there with.
@@ -121,12 +124,19 @@ struct ToDeltaConfig {
     /// saveMode merge: the columns identifying a row.
     #[serde(default)]
     merge_keys: Vec<String>,
-    /// saveMode merge: SQL over `source.*` columns; matched rows where it
-    /// holds are deleted (and such rows are never inserted).
+    /// saveMode merge: SQL over the columns of the input ordering the
+    /// changes of a key (the greatest is the last).
+    sequence_by: Option<String>,
+    /// saveMode merge: SQL over the input's columns; a change where it
+    /// holds deletes its key (and such rows are never inserted).
     delete_condition: Option<String>,
     /// saveMode merge: SQL over `source.*` / `target.*`; matched rows are
     /// updated only where it holds (default: always).
     update_condition: Option<String>,
+    /// saveMode merge: keep every version of a row (SCD type 2) with
+    /// `__start_at`, `__end_at` and `__is_current`.
+    #[serde(default)]
+    keep_history: bool,
     /// Partition columns for a new table (must match an existing table's).
     #[serde(default)]
     partition_by: Vec<String>,
@@ -145,6 +155,8 @@ struct DeltaSink {
     config: ToDeltaConfig,
     /// `saveMode` as written, or the mode's default.
     save_mode: SaveMode,
+    /// saveMode merge's options.
+    merge: Option<Merge>,
     storage: StorageOptions,
 }
 
@@ -187,12 +199,26 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     }
     for (key, set) in [
         ("mergeKeys", !config.merge_keys.is_empty()),
+        ("sequenceBy", config.sequence_by.is_some()),
         ("deleteCondition", config.delete_condition.is_some()),
         ("updateCondition", config.update_condition.is_some()),
+        ("keepHistory", config.keep_history),
     ] {
         if set && !merging {
             return Err(info.error(key, "only applies with saveMode merge"));
         }
+    }
+    if config.keep_history && config.sequence_by.is_none() {
+        return Err(info.error(
+            "keepHistory",
+            "keepHistory needs sequenceBy: each version starts and ends at a change's sequence",
+        ));
+    }
+    if config.keep_history && config.update_condition.is_some() {
+        return Err(info.error(
+            "updateCondition",
+            "does not apply with keepHistory: every change becomes a version",
+        ));
     }
     if config.overwrite_schema && save_mode != SaveMode::Overwrite {
         return Err(info.error("overwriteSchema", "only applies with saveMode overwrite"));
@@ -206,9 +232,17 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
     if config.target_file_size == Some(0) {
         return Err(info.error("targetFileSize", "must be positive"));
     }
+    let merge = merging.then(|| Merge {
+        keys: config.merge_keys.clone(),
+        sequence_by: config.sequence_by.clone(),
+        delete_condition: config.delete_condition.clone(),
+        update_condition: config.update_condition.clone(),
+        keep_history: config.keep_history,
+    });
     Ok(Arc::new(DeltaSink {
         config,
         save_mode,
+        merge,
         storage: info.storage.clone(),
     }))
 }
@@ -247,12 +281,6 @@ impl DeltaSink {
         )))
     }
 
-    fn writer_properties() -> WriterProperties {
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build()
-    }
-
     /// Whether `table` already holds this run's batch (see [`holds_batch`]).
     async fn holds_batch(&self, table: &DeltaTable, ctx: &WriteContext) -> Result<bool> {
         let starts: HashMap<&str, i64> = ctx
@@ -289,21 +317,25 @@ impl DeltaSink {
                 return self.skip_held_batch(table, ctx).await;
             }
         }
+        if let (Some(merge), Some(table)) = (&self.merge, &existing) {
+            self.check_schema(table, &input)?;
+            return merge
+                .merge(table, input, ctx, self.config.merge_schema)
+                .await;
+        }
         let mode = match (self.save_mode, &existing) {
             (SaveMode::ErrorIfExists, Some(_)) => return Err(self.exists_error()),
             (SaveMode::Ignore, Some(table)) => return skip_existing(table, ctx).await,
-            (SaveMode::Merge, Some(table)) => {
-                self.check_schema(table, &input)?;
-                return self.merge(table, input, ctx).await;
-            }
-            // Nothing to merge into yet: the first run creates the table
-            // from the rows that are not deletions.
-            (SaveMode::Merge, None) => DeltaSaveMode::ErrorIfExists,
+            // Nothing to merge into yet: the first run creates the table.
+            (SaveMode::Merge, _) => DeltaSaveMode::ErrorIfExists,
             (SaveMode::Append, _) => DeltaSaveMode::Append,
             (SaveMode::Overwrite, _) => DeltaSaveMode::Overwrite,
             (SaveMode::ErrorIfExists | SaveMode::Ignore, None) => DeltaSaveMode::ErrorIfExists,
         };
-        let input = self.without_deletions(input)?;
+        let input = match &self.merge {
+            Some(merge) => merge.first_write(input).await?,
+            None => input,
+        };
         let table = match existing {
             Some(table) => {
                 self.check_schema(&table, &input)?;
@@ -336,19 +368,6 @@ impl DeltaSink {
         ))
     }
 
-    /// The input without the rows `deleteCondition` marks as deletions
-    /// (saveMode merge creating the table); otherwise `input` itself.
-    fn without_deletions(&self, input: DataFrame) -> Result<DataFrame> {
-        match (&self.config.delete_condition, self.save_mode) {
-            (Some(condition), SaveMode::Merge) => {
-                let source = input.alias("source")?;
-                let keep = source.parse_sql_expr(&format!("NOT ({condition})"))?;
-                Ok(source.filter(keep)?)
-            }
-            _ => Ok(input),
-        }
-    }
-
     /// Writes `input` as a new version of `table` (delta-rs's
     /// `WriteBuilder`), committed through the run's gate with its marks.
     async fn write_version(
@@ -365,7 +384,7 @@ impl DeltaSink {
             .with_input_plan(plan)
             .with_session_state(Arc::new(state))
             .with_save_mode(mode)
-            .with_writer_properties(Self::writer_properties())
+            .with_writer_properties(writer_properties())
             .with_commit_properties(commit_properties(&ctx.marks));
         let written = self.with_layout(builder).await?;
         report(&written).await
@@ -389,64 +408,6 @@ impl DeltaSink {
             builder = builder.with_target_file_size(Some(size));
         }
         builder
-    }
-
-    /// saveMode merge: update matched keys, insert new ones, delete matched
-    /// rows where `deleteCondition` holds (delta-rs MERGE).
-    async fn merge(
-        &self,
-        table: &DeltaTable,
-        input: DataFrame,
-        ctx: WriteContext,
-    ) -> Result<SinkReport> {
-        let keys = &self.config.merge_keys;
-        let predicate = keys
-            .iter()
-            .map(|k| format!("target.{q} = source.{q}", q = quote(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let columns: Vec<String> = input
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let snapshot = table.snapshot()?.snapshot().clone();
-        let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
-        let (state, plan) = input.into_parts();
-        let source = DataFrame::new(state.clone(), plan);
-        let mut builder = MergeBuilder::new(log_store, Some(snapshot), predicate, source)
-            .with_source_alias("source")
-            .with_target_alias("target")
-            .with_session_state(Arc::new(state))
-            .with_merge_schema(self.config.merge_schema)
-            .with_writer_properties(Self::writer_properties())
-            .with_commit_properties(commit_properties(&ctx.marks));
-        if let Some(condition) = &self.config.delete_condition {
-            builder = builder.when_matched_delete(|d| d.predicate(condition.as_str()))?;
-        }
-        let update_condition = self.config.update_condition.clone();
-        builder = builder.when_matched_update(|u| {
-            let u = match &update_condition {
-                Some(condition) => u.predicate(condition.as_str()),
-                None => u,
-            };
-            columns.iter().fold(u, |u, c| {
-                u.update(c.as_str(), format!("source.{}", quote(c)))
-            })
-        })?;
-        let delete_condition = self.config.delete_condition.clone();
-        builder = builder.when_not_matched_insert(|i| {
-            let i = match &delete_condition {
-                Some(condition) => i.predicate(format!("NOT ({condition})")),
-                None => i,
-            };
-            columns
-                .iter()
-                .fold(i, |i, c| i.set(c.as_str(), format!("source.{}", quote(c))))
-        })?;
-        let (merged, metrics) = builder.await?;
-        merge_report(table, &merged, &metrics)
     }
 }
 
@@ -518,6 +479,13 @@ fn unsupported_column(name: &str, data_type: &DataType) -> String {
         "column \"{name}\" has type {data_type}, which a Delta table cannot hold. \
          Help: convert it in a sql step before this load, e.g. {hint}"
     )
+}
+
+/// How data files are written.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build()
 }
 
 /// Double-quotes an identifier for delta-rs's SQL expressions.
@@ -627,6 +595,9 @@ impl Sink for DeltaSink {
     /// Every column must convert to a Delta type the way delta-rs converts
     /// it when writing (after its own normalization, e.g. of string views).
     fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
+        if let Some(merge) = &self.merge {
+            merge.check_input(schema)?;
+        }
         let normalized = normalize_for_delta(&Arc::new(schema.clone()));
         for field in normalized.fields() {
             let single = Arc::new(Schema::new(vec![field.clone()]));

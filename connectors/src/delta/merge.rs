@@ -1,0 +1,452 @@
+//! `toDeltaLake` with saveMode merge: a batch of changes is reduced to what
+//! each key ends up as, then applied with delta-rs's MERGE, in the run's
+//! gated commit (so a stream's positions commit with it, exactly once).
+//!
+//! - The rows of a key are reduced to its last change: the greatest
+//!   `sequenceBy`, ties (and no `sequenceBy`) broken by source order (see
+//!   [`source_order`](super::source_order)). Nulls sort as the oldest.
+//! - A change whose sequence is older than the table's row for its key
+//!   does not touch that row (late or replayed changes never move a key
+//!   back in time); this compares with the table's own sequence columns.
+//! - `deleteCondition` marks deletions: the key's row is deleted, and a
+//!   deleted key is never inserted.
+//! - `keepHistory` (slowly changing dimension type 2) keeps every version
+//!   with `__start_at`, `__end_at` and `__is_current`; see [`history`].
+
+use std::ops::Not as _;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::{Column, DFSchema};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::functions_window::expr_fn::{lead, row_number};
+use datafusion::logical_expr::{cast, ident, lit, Expr, ExprFunctionExt as _};
+use deltalake::operations::merge::MergeBuilder;
+use deltalake::DeltaTable;
+
+use crate::error::{ConnectorError, Result};
+use dataflow_engine::connector::{SinkReport, WriteContext};
+
+use super::source_order::{numbered, SOURCE_ORDER};
+use super::{commit_properties, merge_report, writer_properties, GatedLogStore};
+
+/// A change's sequence (`sequenceBy`), computed while merging.
+const SEQUENCE: &str = "__sequence";
+/// Whether a change is a deletion (`deleteCondition`).
+const DELETE: &str = "__delete";
+/// A change's rank among the changes it competes with (1: the winner).
+const RANK: &str = "__rank";
+/// Which of two changes with one key and sequence wins: the batch's over
+/// the table's, a version's start over the table's end of its predecessor.
+const PRIORITY: &str = "__priority";
+/// keepHistory: when a version became current (its change's sequence).
+pub(super) const START_AT: &str = "__start_at";
+/// keepHistory: when it stopped being current (null while it is).
+pub(super) const END_AT: &str = "__end_at";
+/// keepHistory: whether it is the key's current version.
+pub(super) const IS_CURRENT: &str = "__is_current";
+
+/// The options of saveMode merge.
+#[derive(Debug, Clone)]
+pub(super) struct Merge {
+    /// The columns identifying a row.
+    pub keys: Vec<String>,
+    /// SQL over the input's columns ordering a key's changes.
+    pub sequence_by: Option<String>,
+    /// SQL over the input's columns: the change deletes its key.
+    pub delete_condition: Option<String>,
+    /// SQL over `source.*` / `target.*`: matched rows update only where
+    /// it holds.
+    pub update_condition: Option<String>,
+    /// Keep every version (SCD type 2) instead of updating in place.
+    pub keep_history: bool,
+}
+
+impl Merge {
+    /// Checks the options against the input's schema while planning: the
+    /// keys exist, the expressions parse, no column has a reserved name.
+    pub(super) fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
+        for key in &self.keys {
+            if schema.field_with_name(key).is_err() {
+                return Err(format!(
+                    "mergeKeys: the input has no column \"{key}\"; its columns: {}",
+                    column_list(schema)
+                ));
+            }
+        }
+        let mut reserved = vec![SEQUENCE, DELETE, RANK, PRIORITY, SOURCE_ORDER];
+        if self.keep_history {
+            reserved.extend([START_AT, END_AT, IS_CURRENT]);
+        }
+        if let Some(name) = reserved
+            .iter()
+            .find(|name| schema.field_with_name(name).is_ok())
+        {
+            return Err(format!(
+                "the input has a column named \"{name}\", a name saveMode merge uses itself. Help: rename it in a sql step"
+            ));
+        }
+        let source = qualified(schema, "source").map_err(|e| e.to_string())?;
+        let ctx = SessionContext::new();
+        for (key, sql) in [
+            ("sequenceBy", &self.sequence_by),
+            ("deleteCondition", &self.delete_condition),
+        ] {
+            if let Some(sql) = sql {
+                ctx.parse_sql_expr(sql, &source)
+                    .map_err(|e| format!("{key}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows `input` leaves in a table that does not exist yet.
+    pub(super) async fn first_write(&self, input: DataFrame) -> Result<DataFrame> {
+        let columns = column_names(&input);
+        let changes = self.changes(input).await?;
+        if self.keep_history {
+            return history(&self.keys, changes, None, &columns);
+        }
+        let latest = last_per(changes, &self.keys)?;
+        Ok(latest
+            .filter(ident(DELETE).not())?
+            .select(idents(&columns))?)
+    }
+
+    /// Merges `input` into `table`, committing through `ctx`'s gate.
+    pub(super) async fn merge(
+        &self,
+        table: &DeltaTable,
+        input: DataFrame,
+        ctx: WriteContext,
+        merge_schema: bool,
+    ) -> Result<SinkReport> {
+        let columns = column_names(&input);
+        let target = table.snapshot()?.snapshot().arrow_schema();
+        let changes = self.changes(input).await?;
+        let (source, clauses) = if self.keep_history {
+            check_history_columns(&target, table)?;
+            let state = changes.clone().into_parts().0;
+            let existing = target_versions(table, &state, &changes, &self.keys).await?;
+            let versions = history(&self.keys, changes, Some(existing), &columns)?;
+            (versions, Clauses::history(&self.keys, &columns))
+        } else {
+            let latest = last_per(changes, &self.keys)?.select(idents(&columns))?;
+            let clauses = self.clauses(&latest, &target, &columns)?;
+            (latest, clauses)
+        };
+        let snapshot = table.snapshot()?.snapshot().clone();
+        let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
+        let (state, plan) = source.into_parts();
+        let source = DataFrame::new(state.clone(), plan);
+        let mut builder = MergeBuilder::new(log_store, Some(snapshot), clauses.on, source)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_session_state(Arc::new(state))
+            .with_merge_schema(merge_schema)
+            .with_writer_properties(writer_properties())
+            .with_commit_properties(commit_properties(&ctx.marks));
+        if let Some(delete) = clauses.delete {
+            builder = builder.when_matched_delete(|d| d.predicate(delete))?;
+        }
+        let set = clauses.set;
+        builder = builder.when_matched_update(|u| {
+            let u = match clauses.update {
+                Some(predicate) => u.predicate(predicate),
+                None => u,
+            };
+            set.iter()
+                .fold(u, |u, c| u.update(c.as_str(), source_column(c)))
+        })?;
+        builder = builder.when_not_matched_insert(|i| {
+            let i = match clauses.insert {
+                Some(predicate) => i.predicate(predicate),
+                None => i,
+            };
+            set.iter()
+                .fold(i, |i, c| i.set(c.as_str(), source_column(c)))
+        })?;
+        let (merged, metrics) = builder.await?;
+        merge_report(table, &merged, &metrics)
+    }
+
+    /// The input as changes: numbered in source order, with [`SEQUENCE`]
+    /// (null without `sequenceBy`) and [`DELETE`].
+    async fn changes(&self, input: DataFrame) -> Result<DataFrame> {
+        let input = numbered(input)?.alias("source")?;
+        let sequence = match &self.sequence_by {
+            Some(sql) => input.parse_sql_expr(sql)?,
+            None => lit(datafusion::common::ScalarValue::Null),
+        };
+        let delete = match &self.delete_condition {
+            Some(sql) => input.parse_sql_expr(sql)?.is_true(),
+            None => lit(false),
+        };
+        Ok(input
+            .with_column(SEQUENCE, sequence)?
+            .with_column(DELETE, delete)?)
+    }
+
+    /// The MERGE clauses of an in-place merge (no history) of `latest`,
+    /// the last change per key, into a table of schema `target`.
+    fn clauses(&self, latest: &DataFrame, target: &Schema, columns: &[String]) -> Result<Clauses> {
+        let state = latest.clone().into_parts().0;
+        let source = qualified(latest.schema().as_arrow(), "source")?;
+        let target = qualified(target, "target")?;
+        let over_source = |sql: &str| state.create_logical_expr(sql, &source);
+        let is_delete = match &self.delete_condition {
+            Some(sql) => Some(over_source(sql)?.is_true()),
+            None => None,
+        };
+        let guard = match &self.sequence_by {
+            Some(sql) => Some(guard(&state, sql, over_source(sql)?, &target)?),
+            None => None,
+        };
+        let update_condition = match &self.update_condition {
+            Some(sql) => Some(state.create_logical_expr(sql, &source.join(&target)?)?),
+            None => None,
+        };
+        let not_deleted = is_delete.clone().map(|d| d.not());
+        let all = |parts: [Option<Expr>; 3]| parts.into_iter().flatten().reduce(Expr::and);
+        Ok(Clauses {
+            on: key_match(&self.keys),
+            delete: is_delete.map(|d| all([Some(d), guard.clone(), None]).expect("set")),
+            update: all([not_deleted.clone(), guard, update_condition]),
+            insert: not_deleted,
+            set: columns.to_vec(),
+        })
+    }
+}
+
+/// With `sequenceBy`: a change (of sequence `incoming`) applies to the
+/// table's row for its key only when it is not older than that row; a row
+/// with a null sequence is the oldest.
+fn guard(state: &SessionState, sql: &str, incoming: Expr, target: &DFSchema) -> Result<Expr> {
+    let current = state.create_logical_expr(sql, target).map_err(|e| {
+        ConnectorError::Rejected(format!(
+            "sequenceBy \"{sql}\" cannot be computed from the Delta table's columns ({e}): a change is compared with the table's row for its key, so the table must hold the columns sequenceBy reads. Help: keep them in the rows this step writes"
+        ))
+    })?;
+    Ok(current
+        .clone()
+        .is_null()
+        .or(incoming.gt_eq(current).is_true()))
+}
+
+/// A MERGE's join and clauses.
+struct Clauses {
+    /// Joins a target row to its source row.
+    on: Expr,
+    /// Matched rows where this holds are deleted.
+    delete: Option<Expr>,
+    /// Matched rows (where this holds) are updated.
+    update: Option<Expr>,
+    /// Unmatched source rows (where this holds) are inserted.
+    insert: Option<Expr>,
+    /// The columns updated and inserted.
+    set: Vec<String>,
+}
+
+impl Clauses {
+    /// keepHistory: every version of a touched key is matched by its key
+    /// and start, and updated (its end may have moved) or inserted.
+    fn history(keys: &[String], columns: &[String]) -> Clauses {
+        let start = |side| Expr::Column(Column::new(Some(side), START_AT));
+        let on = key_match(keys).and(start("target").eq(start("source")));
+        let mut set = columns.to_vec();
+        set.extend([START_AT, END_AT, IS_CURRENT].map(String::from));
+        Clauses {
+            on,
+            delete: None,
+            update: None,
+            insert: None,
+            set,
+        }
+    }
+}
+
+/// `target.k = source.k AND ...` over the merge keys.
+fn key_match(keys: &[String]) -> Expr {
+    keys.iter()
+        .map(|k| {
+            Expr::Column(Column::new(Some("target"), k.as_str()))
+                .eq(Expr::Column(Column::new(Some("source"), k.as_str())))
+        })
+        .reduce(Expr::and)
+        .expect("mergeKeys is not empty")
+}
+
+/// Unqualified columns `names`.
+fn idents(names: &[String]) -> Vec<Expr> {
+    names.iter().map(ident).collect()
+}
+
+/// The source's column `name` (a MERGE value).
+fn source_column(name: &str) -> Expr {
+    Expr::Column(Column::new(Some("source"), name))
+}
+
+/// The last change per `partition` columns: the greatest sequence, then
+/// the latest in source order.
+fn last_per(changes: DataFrame, partition: &[String]) -> Result<DataFrame> {
+    let rank = row_number()
+        .partition_by(idents(partition))
+        .order_by(vec![
+            ident(SEQUENCE).sort(false, false),
+            ident(PRIORITY).sort(false, false),
+            ident(SOURCE_ORDER).sort(false, false),
+        ])
+        .build()?;
+    let ranked = with_priority(changes)?.with_column(RANK, rank)?;
+    Ok(ranked.filter(ident(RANK).eq(lit(1u64)))?)
+}
+
+/// `changes` with a [`PRIORITY`] column (0 where it had none).
+fn with_priority(changes: DataFrame) -> Result<DataFrame> {
+    if changes.schema().has_column_with_unqualified_name(PRIORITY) {
+        return Ok(changes);
+    }
+    Ok(changes.with_column(PRIORITY, lit(0i32))?)
+}
+
+/// The names of `input`'s columns.
+fn column_names(input: &DataFrame) -> Vec<String> {
+    input
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// `schema`'s columns as a comma-separated list.
+fn column_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `schema` with every column qualified by `qualifier`.
+fn qualified(schema: &Schema, qualifier: &str) -> Result<DFSchema> {
+    Ok(DFSchema::try_from_qualified_schema(qualifier, schema)?)
+}
+
+/// keepHistory needs its columns in an existing table.
+fn check_history_columns(target: &Schema, table: &DeltaTable) -> Result<()> {
+    let missing: Vec<&str> = [START_AT, END_AT, IS_CURRENT]
+        .into_iter()
+        .filter(|c| target.field_with_name(c).is_err())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ConnectorError::Rejected(format!(
+        "keepHistory: the Delta table at \"{}\" has no {} column: it was written without keepHistory. Help: write the history to a new table",
+        table.table_url(),
+        missing.join(", ")
+    )))
+}
+
+/// The table's versions of the keys `changes` touches, as changes: each
+/// version's start as an upsert, and its end as a deletion (which the next
+/// version's start, at the same sequence, outranks).
+async fn target_versions(
+    table: &DeltaTable,
+    state: &SessionState,
+    changes: &DataFrame,
+    keys: &[String],
+) -> Result<DataFrame> {
+    table.update_datafusion_session(state)?;
+    let provider = table.table_provider().await?;
+    let ctx = SessionContext::new_with_state(state.clone());
+    let touched = changes.clone().select(idents(keys))?.distinct()?;
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let versions = ctx.read_table(provider)?.join(
+        touched.alias("touched")?,
+        datafusion::common::JoinType::LeftSemi,
+        &key_refs,
+        &key_refs,
+        None,
+    )?;
+    Ok(versions)
+}
+
+/// The versions of every key `changes` touches (with the table's versions
+/// `existing` of those keys, if any): each upsert starts a version that
+/// ends at the key's next change; deletions only end versions. Of two
+/// changes with one key and sequence, the batch's (then the later in source
+/// order) wins.
+fn history(
+    keys: &[String],
+    changes: DataFrame,
+    existing: Option<DataFrame>,
+    columns: &[String],
+) -> Result<DataFrame> {
+    let types: Vec<(String, DataType)> = columns
+        .iter()
+        .map(|c| {
+            let field = changes.schema().field_with_unqualified_name(c)?;
+            Ok((c.clone(), field.data_type().clone()))
+        })
+        .collect::<Result<_>>()?;
+    let sequence_type = changes
+        .schema()
+        .field_with_unqualified_name(SEQUENCE)?
+        .data_type()
+        .clone();
+    let as_changes = |frame: DataFrame, sequence: Expr, delete: bool, priority: i32| {
+        let mut select: Vec<Expr> = types
+            .iter()
+            .map(|(c, t)| cast(ident(c), t.clone()).alias(c))
+            .collect();
+        select.extend([
+            cast(sequence, sequence_type.clone()).alias(SEQUENCE),
+            lit(delete).alias(DELETE),
+            lit(priority).alias(PRIORITY),
+            lit(0u64).alias(SOURCE_ORDER),
+        ]);
+        frame.select(select)
+    };
+    let batch = {
+        let mut select: Vec<Expr> = idents(columns);
+        select.extend([
+            ident(SEQUENCE),
+            ident(DELETE),
+            lit(2i32).alias(PRIORITY),
+            ident(SOURCE_ORDER),
+        ]);
+        changes.select(select)?
+    };
+    let mut events = batch;
+    if let Some(existing) = existing {
+        let starts = as_changes(existing.clone(), ident(START_AT), false, 1)?;
+        let ends = as_changes(
+            existing.filter(ident(END_AT).is_not_null())?,
+            ident(END_AT),
+            true,
+            0,
+        )?;
+        events = events.union(starts)?.union(ends)?;
+    }
+    let mut by_sequence = keys.to_vec();
+    by_sequence.push(SEQUENCE.into());
+    let winners = last_per(events, &by_sequence)?;
+    let end = lead(ident(SEQUENCE), Some(1), None)
+        .partition_by(idents(keys))
+        .order_by(vec![ident(SEQUENCE).sort(true, true)])
+        .build()?;
+    let mut select: Vec<Expr> = idents(columns);
+    select.extend([
+        ident(SEQUENCE).alias(START_AT),
+        ident(END_AT),
+        ident(END_AT).is_null().alias(IS_CURRENT),
+    ]);
+    Ok(winners
+        .with_column(END_AT, end)?
+        .filter(ident(DELETE).not())?
+        .select(select)?)
+}
