@@ -9,32 +9,41 @@
 //!   does not touch that row (late or replayed changes never move a key
 //!   back in time); this compares with the table's own sequence columns.
 //! - `deleteCondition` marks deletions: the key's row is deleted, and a
-//!   deleted key is never inserted.
+//!   deleted key is never inserted, nor brought back by a change older
+//!   than its deletion (see [`Tombstones`]).
 //! - `keepHistory` (slowly changing dimension type 2) keeps every version
 //!   with `__start_at`, `__end_at` and `__is_current`; see [`history`].
 
 use std::ops::Not as _;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Column, DFSchema};
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::{MemTable, TableType};
 use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions_window::expr_fn::{lead, row_number};
 use datafusion::logical_expr::{cast, ident, lit, Expr, ExprFunctionExt as _};
+use datafusion::physical_plan::ExecutionPlan;
 use deltalake::operations::merge::MergeBuilder;
 use deltalake::DeltaTable;
+use futures::StreamExt as _;
 
 use crate::error::{ConnectorError, Result};
 use dataflow_engine::connector::{SinkReport, WriteContext};
+use dataflow_engine::spec::StorageOptions;
 
 use super::source_order::{numbered, SOURCE_ORDER};
+use super::tombstones::Tombstones;
 use super::{commit_properties, merge_report, writer_properties, GatedLogStore};
 
 /// A change's sequence (`sequenceBy`), computed while merging.
-const SEQUENCE: &str = "__sequence";
+pub(super) const SEQUENCE: &str = "__sequence";
 /// Whether a change is a deletion (`deleteCondition`).
-const DELETE: &str = "__delete";
+pub(super) const DELETE: &str = "__delete";
 /// A change's rank among the changes it competes with (1: the winner).
 const RANK: &str = "__rank";
 /// Which of two changes with one key and sequence wins: the batch's over
@@ -61,6 +70,9 @@ pub(super) struct Merge {
     pub update_condition: Option<String>,
     /// Keep every version (SCD type 2) instead of updating in place.
     pub keep_history: bool,
+    /// The table's location, and the options of its store.
+    pub path: String,
+    pub storage: StorageOptions,
 }
 
 impl Merge {
@@ -108,10 +120,25 @@ impl Merge {
         if self.keep_history {
             return history(&self.keys, changes, None, &columns);
         }
-        let latest = last_per(changes, &self.keys)?;
+        let latest = self.latest(changes).await?;
         Ok(latest
             .filter(ident(DELETE).not())?
             .select(idents(&columns))?)
+    }
+
+    /// The last change per key, without those older than their key's
+    /// deletion (whose deletions are recorded now; see [`Tombstones`]).
+    async fn latest(&self, changes: DataFrame) -> Result<DataFrame> {
+        let latest = last_per(changes, &self.keys)?;
+        if self.sequence_by.is_none() || self.delete_condition.is_none() {
+            return Ok(latest);
+        }
+        let tombstones = Tombstones::of(&self.storage, &self.path).await?;
+        let latest = tombstones.drop_superseded(latest, &self.keys).await?;
+        // Read twice: held rather than computed twice when it fits.
+        let latest = held(latest).await?;
+        tombstones.record(latest.clone(), &self.keys).await?;
+        Ok(latest)
     }
 
     /// Merges `input` into `table`, committing through `ctx`'s gate.
@@ -127,12 +154,14 @@ impl Merge {
         let changes = self.changes(input).await?;
         let (source, clauses) = if self.keep_history {
             check_history_columns(&target, table)?;
+            // Read twice: held rather than computed twice when it fits.
+            let changes = held(changes).await?;
             let state = changes.clone().into_parts().0;
             let existing = target_versions(table, &state, &changes, &self.keys).await?;
             let versions = history(&self.keys, changes, Some(existing), &columns)?;
             (versions, Clauses::history(&self.keys, &columns))
         } else {
-            let latest = last_per(changes, &self.keys)?.select(idents(&columns))?;
+            let latest = self.latest(changes).await?.select(idents(&columns))?;
             let clauses = self.clauses(&latest, &target, &columns)?;
             (latest, clauses)
         };
@@ -145,6 +174,8 @@ impl Merge {
             .with_target_alias("target")
             .with_session_state(Arc::new(state))
             .with_merge_schema(merge_schema)
+            // Reads the source once (a Kafka range would be read twice).
+            .with_streaming(true)
             .with_writer_properties(writer_properties())
             .with_commit_properties(commit_properties(&ctx.marks));
         if let Some(delete) = clauses.delete {
@@ -157,7 +188,7 @@ impl Merge {
                 None => u,
             };
             set.iter()
-                .fold(u, |u, c| u.update(c.as_str(), source_column(c)))
+                .fold(u, |u, c| u.update(c.as_str(), column("source", c)))
         })?;
         builder = builder.when_not_matched_insert(|i| {
             let i = match clauses.insert {
@@ -165,7 +196,7 @@ impl Merge {
                 None => i,
             };
             set.iter()
-                .fold(i, |i, c| i.set(c.as_str(), source_column(c)))
+                .fold(i, |i, c| i.set(c.as_str(), column("source", c)))
         })?;
         let (merged, metrics) = builder.await?;
         merge_report(table, &merged, &metrics)
@@ -267,7 +298,7 @@ impl Clauses {
 }
 
 /// `target.k = source.k AND ...` over the merge keys.
-fn key_match(keys: &[String]) -> Expr {
+pub(super) fn key_match(keys: &[String]) -> Expr {
     keys.iter()
         .map(|k| {
             Expr::Column(Column::new(Some("target"), k.as_str()))
@@ -278,13 +309,13 @@ fn key_match(keys: &[String]) -> Expr {
 }
 
 /// Unqualified columns `names`.
-fn idents(names: &[String]) -> Vec<Expr> {
+pub(super) fn idents(names: &[String]) -> Vec<Expr> {
     names.iter().map(ident).collect()
 }
 
-/// The source's column `name` (a MERGE value).
-fn source_column(name: &str) -> Expr {
-    Expr::Column(Column::new(Some("source"), name))
+/// Column `name` of `side` (a MERGE's `source` or `target`).
+pub(super) fn column(side: &str, name: &str) -> Expr {
+    Expr::Column(Column::new(Some(side), name))
 }
 
 /// The last change per `partition` columns: the greatest sequence, then
@@ -308,6 +339,58 @@ fn with_priority(changes: DataFrame) -> Result<DataFrame> {
         return Ok(changes);
     }
     Ok(changes.with_column(PRIORITY, lit(0i32))?)
+}
+
+/// `frame`'s rows held in memory when the memory pool grants them (then
+/// each reader reads them rather than computing them again), else `frame`.
+/// The pool's grant is released when the last reader is dropped.
+async fn held(frame: DataFrame) -> Result<DataFrame> {
+    let state = frame.clone().into_parts().0;
+    let pool = state.runtime_env().memory_pool.clone();
+    let reservation = MemoryConsumer::new("merge changes").register(&pool);
+    let mut stream = frame.clone().execute_stream().await?;
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if reservation.try_grow(batch.get_array_memory_size()).is_err() {
+            return Ok(frame);
+        }
+        batches.push(batch);
+    }
+    let table = HeldTable {
+        rows: MemTable::try_new(schema, vec![batches])?,
+        _reservation: reservation,
+    };
+    Ok(SessionContext::new_with_state(state).read_table(Arc::new(table))?)
+}
+
+/// Rows held in memory, with the memory pool's grant for them.
+#[derive(Debug)]
+struct HeldTable {
+    rows: MemTable,
+    _reservation: MemoryReservation,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for HeldTable {
+    fn schema(&self) -> SchemaRef {
+        self.rows.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.rows.scan(state, projection, filters, limit).await
+    }
 }
 
 /// The names of `input`'s columns.

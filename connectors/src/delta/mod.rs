@@ -7,6 +7,7 @@
 mod gated_store;
 mod merge;
 mod source_order;
+mod tombstones;
 
 use std::sync::Arc;
 
@@ -238,6 +239,8 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         delete_condition: config.delete_condition.clone(),
         update_condition: config.update_condition.clone(),
         keep_history: config.keep_history,
+        path: config.path.clone(),
+        storage: info.storage.clone(),
     });
     Ok(Arc::new(DeltaSink {
         config,

@@ -1,7 +1,9 @@
 //! Kafka records → Arrow: `format: "raw"` gives Spark's columns (key, value,
 //! topic, partition, offset, timestamp, timestampType); `format: "json"`
 //! decodes each value with a schema into columns, plus `_key`, `_topic`,
-//! `_partition`, `_offset` and `_timestamp`.
+//! `_partition`, `_offset` and `_timestamp`; `format: "debezium"` decodes
+//! Debezium change events (see [`change_event`]) into the row image plus
+//! `_op` and `_lsn`, and the same five columns.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ pub(crate) enum Format {
     Raw,
     /// One JSON object per value, read with these columns.
     Json(SchemaRef),
+    /// One Debezium change event per value; its row image has these columns.
+    Debezium(SchemaRef),
 }
 
 impl Format {
@@ -38,12 +42,18 @@ impl Format {
                 Field::new("timestamp", timestamp, true),
                 Field::new("timestampType", DataType::Int32, false),
             ])),
-            Format::Json(schema) => {
+            Format::Json(schema) | Format::Debezium(schema) => {
                 let mut fields: Vec<Field> = schema
                     .fields()
                     .iter()
                     .map(|f| f.as_ref().clone().with_nullable(true))
                     .collect();
+                if matches!(self, Format::Debezium(_)) {
+                    fields.extend([
+                        Field::new("_op", DataType::Utf8, false),
+                        Field::new("_lsn", DataType::Int64, true),
+                    ]);
+                }
                 fields.extend([
                     Field::new("_key", DataType::Utf8, true),
                     Field::new("_topic", DataType::Utf8, false),
@@ -137,6 +147,7 @@ impl Pending {
                 let (batch, kept, bad) = self.decode_json(schema)?;
                 (batch.columns().to_vec(), kept, bad)
             }
+            Format::Debezium(schema) => self.decode_changes(schema)?,
         };
         let kept_len = kept.len();
         let topics: StringArray = std::iter::repeat_n(Some(topic), kept_len).collect();
@@ -158,7 +169,7 @@ impl Pending {
                     Arc::new(kinds),
                 ]);
             }
-            Format::Json(_) => {
+            Format::Json(_) | Format::Debezium(_) => {
                 let keys: StringArray = kept
                     .iter()
                     .map(|&i| self.keys[i].as_deref().map(String::from_utf8_lossy))
@@ -178,6 +189,63 @@ impl Pending {
     fn key_array(&self, rows: std::ops::Range<usize>) -> ArrayRef {
         let keys: BinaryArray = rows.map(|i| self.keys[i].as_deref()).collect();
         Arc::new(keys)
+    }
+
+    /// Debezium change events: the row images decoded as JSON, then `_op`
+    /// and `_lsn`; the records kept (tombstones are skipped) and the bad.
+    fn decode_changes(
+        &self,
+        schema: &SchemaRef,
+    ) -> Result<(Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>), ArrowError> {
+        let mut images = Pending::default();
+        let (mut events, mut kept, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.len() {
+            let Some(value) = self.value(i) else {
+                continue; // a tombstone: compaction's marker, not a change
+            };
+            match change_event(value) {
+                Ok(event) => {
+                    images.push_value(&event.image, self.offsets[i]);
+                    events.push(event);
+                    kept.push(i);
+                }
+                Err(error) => bad.push(self.bad(i, error)),
+            }
+        }
+        let (rows, decoded, unreadable) = images.decode_json(schema)?;
+        for image in unreadable {
+            // Offsets increase within a partition.
+            if let Ok(j) = images.offsets.binary_search(&image.offset) {
+                bad.push(self.bad(kept[j], format!("the row image: {}", image.error)));
+            }
+        }
+        let ops: StringArray = decoded.iter().map(|&j| Some(events[j].op)).collect();
+        let lsns: Int64Array = decoded.iter().map(|&j| events[j].lsn).collect();
+        let mut columns = rows.columns().to_vec();
+        columns.extend([Arc::new(ops) as ArrayRef, Arc::new(lsns)]);
+        Ok((columns, decoded.iter().map(|&j| kept[j]).collect(), bad))
+    }
+
+    /// Adds a bare value (no key, time) at `offset`.
+    fn push_value(&mut self, value: &[u8], offset: i64) {
+        let start = self.values.len();
+        self.values.extend_from_slice(value);
+        self.value_ranges.push(Some((start, self.values.len())));
+        self.values.push(b'\n');
+        self.keys.push(None);
+        self.offsets.push(offset);
+        self.timestamps.push(None);
+        self.timestamp_types.push(-1);
+    }
+
+    /// Record `i` as a bad record.
+    fn bad(&self, i: usize, error: String) -> BadRecord {
+        BadRecord {
+            offset: self.offsets[i],
+            key: self.keys[i].clone(),
+            value: self.value(i).map(<[u8]>::to_vec),
+            error,
+        }
     }
 
     /// All values in one pass; on any failure, value by value to find the
@@ -210,16 +278,68 @@ impl Pending {
                     rows.push(row);
                     kept.push(i);
                 }
-                Err(error) => bad.push(BadRecord {
-                    offset: self.offsets[i],
-                    key: self.keys[i].clone(),
-                    value: self.value(i).map(<[u8]>::to_vec),
-                    error,
-                }),
+                Err(error) => bad.push(self.bad(i, error)),
             }
         }
         Ok((concat_batches(schema, &rows)?, kept, bad))
     }
+}
+
+/// A Debezium change event, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ChangeEvent {
+    /// `c` (create), `u` (update), `d` (delete) or `r` (snapshot read).
+    pub op: &'static str,
+    /// `source.lsn` (PostgreSQL's log position), else `source.ts_ms`.
+    pub lsn: Option<i64>,
+    /// The row as JSON: `after`, or `before` for a delete.
+    pub image: Vec<u8>,
+}
+
+/// Decodes a Debezium change event: the JSON envelope Debezium and
+/// Redpanda Connect write (`before`, `after`, `op`, `source`), bare or
+/// inside `{"schema": ..., "payload": ...}` (JsonConverter with schemas).
+pub(crate) fn change_event(value: &[u8]) -> Result<ChangeEvent, String> {
+    let envelope: serde_json::Value =
+        serde_json::from_slice(value).map_err(|e| format!("not JSON: {e}"))?;
+    let envelope = match envelope.get("payload") {
+        Some(payload) if envelope.get("schema").is_some() => payload,
+        _ => &envelope,
+    };
+    let op = match envelope.get("op").and_then(serde_json::Value::as_str) {
+        Some("c") => "c",
+        Some("u") => "u",
+        Some("d") => "d",
+        Some("r") => "r",
+        Some("t") => {
+            return Err(
+                "a truncate event (op t) does not change one key; truncate the table instead"
+                    .into(),
+            )
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown op \"{other}\" (Debezium's are c, u, d, r)"
+            ))
+        }
+        None => return Err("no \"op\": not a Debezium change event".into()),
+    };
+    let side = if op == "d" { "before" } else { "after" };
+    let image = envelope
+        .get(side)
+        .filter(|image| image.is_object())
+        .ok_or_else(|| format!("op {op} without an object in \"{side}\""))?;
+    let source = envelope.get("source");
+    let lsn = ["lsn", "ts_ms"].iter().find_map(|field| {
+        source
+            .and_then(|s| s.get(field))
+            .and_then(serde_json::Value::as_i64)
+    });
+    Ok(ChangeEvent {
+        op,
+        lsn,
+        image: serde_json::to_vec(image).map_err(|e| e.to_string())?,
+    })
 }
 
 /// One value as one row, or why not.

@@ -59,6 +59,7 @@ enum FormatName {
     #[default]
     Raw,
     Json,
+    Debezium,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -96,11 +97,11 @@ struct FromKafkaConfig {
     /// Consumer group the committed positions are also written to (for lag
     /// tools); reading never joins the group.
     group_id: Option<String>,
-    /// raw (Spark's columns) or json.
+    /// raw (Spark's columns), json, or debezium (change events).
     #[serde(default)]
     format: FormatName,
     /// json: the value's columns, e.g. `"id BIGINT, kind VARCHAR"`;
-    /// inferred from a sample when absent.
+    /// debezium: the row image's; inferred from a sample when absent.
     schema: Option<String>,
     /// fail, skip or deadLetter.
     #[serde(default)]
@@ -194,7 +195,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
         return Err(info.error("maxOffsetsPerTrigger", "must be at least 1"));
     }
     if config.format == FormatName::Raw && config.schema.is_some() {
-        return Err(info.error("schema", "only applies with format json"));
+        return Err(info.error("schema", "only applies with format json or debezium"));
     }
     match (config.on_decode_error, &config.dead_letter_path) {
         (DecodeErrorName::DeadLetter, None) => return Err(info.error(
@@ -213,7 +214,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
     if config.on_decode_error != DecodeErrorName::Fail && config.format == FormatName::Raw {
         return Err(info.error(
             "onDecodeError",
-            "only applies with format json (raw values are never decoded)",
+            "only applies with format json or debezium (raw values are never decoded)",
         ));
     }
     Ok(Arc::new(KafkaSource {
@@ -331,7 +332,15 @@ impl KafkaSource {
                             .await
                             .map_err(|e| ConnectorError::Rejected(format!("schema: {e}")))?,
                     ),
-                    (FormatName::Json, None) => Format::Json(self.infer_schema().await?),
+                    (FormatName::Json, None) => Format::Json(self.infer_schema(json_object).await?),
+                    (FormatName::Debezium, Some(columns)) => Format::Debezium(
+                        parse_column_list(state, columns)
+                            .await
+                            .map_err(|e| ConnectorError::Rejected(format!("schema: {e}")))?,
+                    ),
+                    (FormatName::Debezium, None) => {
+                        Format::Debezium(self.infer_schema(row_image).await?)
+                    }
                 };
                 let schema = format.output_schema();
                 Ok::<_, BoxError>((format, schema))
@@ -340,8 +349,12 @@ impl KafkaSource {
         Ok((format.clone(), schema.clone()))
     }
 
-    /// A JSON schema inferred from the first records of every partition.
-    async fn infer_schema(&self) -> Result<SchemaRef> {
+    /// A JSON schema inferred from the first records of every partition,
+    /// each read as an object by `object`.
+    async fn infer_schema(
+        &self,
+        object: fn(&[u8]) -> Option<serde_json::Value>,
+    ) -> Result<SchemaRef> {
         let partitions = self.partitions().await?;
         let client = self.client.clone();
         let servers = self.client.bootstrap_servers.clone();
@@ -363,11 +376,7 @@ impl KafkaSource {
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(message)) => {
                             read += 1;
-                            if let Some(value) = message
-                                .payload()
-                                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                                .filter(serde_json::Value::is_object)
-                            {
+                            if let Some(value) = message.payload().and_then(object) {
                                 values.push(value);
                             }
                         }
@@ -542,6 +551,19 @@ fn check_offsets(offsets: &Offsets, ending: bool) -> std::result::Result<(), Str
         return Err("earliest (-2) cannot end a read; use latest (-1), an offset, or leave the partition out (it then reads to the latest offset)".into());
     }
     Ok(())
+}
+
+/// A record's value as a JSON object (format json).
+fn json_object(value: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .filter(serde_json::Value::is_object)
+}
+
+/// A Debezium change event's row image (format debezium).
+fn row_image(value: &[u8]) -> Option<serde_json::Value> {
+    let event = super::decode::change_event(value).ok()?;
+    serde_json::from_slice(&event.image).ok()
 }
 
 /// Moves each high watermark up to the offset after the last record
