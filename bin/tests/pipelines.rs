@@ -17,6 +17,8 @@ fn every_example_pipeline_has_a_test() {
         names,
         [
             "customer-report.json",
+            "debezium-to-delta.json",
+            "merge-customer-changes.json",
             "orders-cleanup.json",
             "orders-daily.json",
             "postgres-to-delta.json",
@@ -26,7 +28,7 @@ fn every_example_pipeline_has_a_test() {
         ],
         "a new example pipeline needs a test in this file (the Spark app's \
          examples, which need Vault, S3 and Kafka or PostgreSQL, are tested in \
-         object_store.rs)"
+         object_store.rs; the merge examples in merge.rs)"
     );
 }
 
@@ -244,7 +246,12 @@ fn to_console_num_rows_up_to_the_largest_count() {
 #[test]
 fn validate_accepts_every_example() {
     let out = tempfile::tempdir().unwrap();
-    for name in ["orders-daily", "orders-cleanup", "customer-report"] {
+    for name in [
+        "orders-daily",
+        "orders-cleanup",
+        "customer-report",
+        "merge-customer-changes",
+    ] {
         let result = run(out.path(), &["validate", &format!("pipelines/{name}.json")]);
         result.assert_ok();
         assert!(result.stdout.contains("valid"), "{}", result.stdout);

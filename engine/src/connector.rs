@@ -85,6 +85,13 @@ pub trait Source: Send + Sync + fmt::Debug {
         Ok(Vec::new())
     }
 
+    /// False for a source whose rows come in no defined order (a query's
+    /// rows without `ORDER BY`): the last of several rows of one key is
+    /// then undefined, and a merge needs a sequence to order them.
+    fn ordered(&self) -> bool {
+        true
+    }
+
     /// True for an unbounded source (Kafka) that streaming pipelines read in
     /// micro-batches; other sources are static: read once per stream.
     fn is_stream(&self) -> bool {
@@ -130,6 +137,41 @@ pub struct WriteContext {
     pub starts: Vec<Mark>,
 }
 
+/// What planning knows of a load step's rows.
+#[derive(Debug, Clone)]
+pub struct LoadInput<'a> {
+    /// Their schema.
+    pub schema: &'a Schema,
+    /// The extract steps they come from whose rows have no defined order
+    /// (see [`Source::ordered`]), e.g. `steps[0] (fromPostgres)`.
+    pub unordered: Vec<String>,
+}
+
+/// Why a sink cannot take a load step's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    /// The step's config key the error is about, if any (e.g. `mergeKeys`).
+    pub key: Option<&'static str>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl InputError {
+    /// An error about config key `key`.
+    pub fn at(key: &'static str, message: impl Into<String>) -> Self {
+        InputError {
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for InputError {
+    fn from(message: String) -> Self {
+        InputError { key: None, message }
+    }
+}
+
 /// What a sink reports after a successful write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SinkReport {
@@ -156,10 +198,10 @@ pub trait Sink: Send + Sync + fmt::Debug {
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError>;
 
     /// Checks, while planning (so that `validate` reports it), that the
-    /// target can hold rows of `schema`; the error names the column and
-    /// what to do. Every schema is fine by default.
-    fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
-        let _ = schema;
+    /// target can take `input`; the error names the column and what to
+    /// do. Every input is fine by default.
+    fn check_input(&self, input: &LoadInput<'_>) -> std::result::Result<(), InputError> {
+        let _ = input;
         Ok(())
     }
 

@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::cache::{cached_table, CacheState};
-use crate::connector::{Registry, Sink, Source};
+use crate::connector::{LoadInput, Registry, Sink, Source};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
@@ -124,6 +127,7 @@ pub(crate) async fn compile(
         sinks,
         registered: HashMap::new(),
         previous: None,
+        unordered: Vec::new(),
         out: Compiled {
             steps: Vec::new(),
             loads: Vec::new(),
@@ -149,6 +153,8 @@ struct Compiler<'a> {
     registered: HashMap<String, DataFrame>,
     /// The last step's relation and its label.
     previous: Option<(String, DataFrame)>,
+    /// The tables of sources without a row order, with their step labels.
+    unordered: Vec<(Arc<dyn TableProvider>, String)>,
     out: Compiled,
 }
 
@@ -184,6 +190,9 @@ impl Compiler<'_> {
             .open(&opened, &self.out.ctx, &later_sinks)
             .await?;
         let table = opened.opened(table);
+        if !opened.source.ordered() {
+            self.unordered.push((table.clone(), info.step.to_string()));
+        }
         self.out.sources.push(opened);
         Ok(self.out.ctx.read_table(table)?)
     }
@@ -202,11 +211,17 @@ impl Compiler<'_> {
                 "nothing to load: no step precedes this one; name one with \"input\"",
             )
         })?;
-        sink.check_input(input.schema().as_arrow())
-            .map_err(|message| {
-                let path = format!("steps[{}]", info.step.index);
-                Error::config(path, Some(info.step.clone()), message)
-            })?;
+        let checked = LoadInput {
+            schema: input.schema().as_arrow(),
+            unordered: reads_from(input.logical_plan(), &self.unordered),
+        };
+        sink.check_input(&checked).map_err(|error| {
+            let path = match error.key {
+                Some(key) => format!("steps[{}].config.{key}", info.step.index),
+                None => format!("steps[{}]", info.step.index),
+            };
+            Error::config(path, Some(info.step.clone()), error.message)
+        })?;
         self.out.loads.push(Load {
             step: info.step.clone(),
             input_name,
@@ -252,6 +267,34 @@ impl Compiler<'_> {
         self.previous = Some((label, output));
         Ok(())
     }
+}
+
+/// The labels of the `sources` whose tables `plan` scans, through views.
+fn reads_from(plan: &LogicalPlan, sources: &[(Arc<dyn TableProvider>, String)]) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let Ok(provider) = source_as_provider(&scan.source) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let mut labels: Vec<String> = sources
+            .iter()
+            .filter(|(table, _)| std::ptr::addr_eq(Arc::as_ptr(table), Arc::as_ptr(&provider)))
+            .map(|(_, label)| label.clone())
+            .collect();
+        if let Some(view) = provider.get_logical_plan() {
+            labels.extend(reads_from(&view, sources));
+        }
+        for label in labels {
+            if !found.contains(&label) {
+                found.push(label);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 fn resolve_input(

@@ -33,7 +33,7 @@ use deltalake::DeltaTable;
 use futures::StreamExt as _;
 
 use crate::error::{ConnectorError, Result};
-use dataflow_engine::connector::{SinkReport, WriteContext};
+use dataflow_engine::connector::{InputError, LoadInput, SinkReport, WriteContext};
 use dataflow_engine::spec::StorageOptions;
 
 use super::source_order::{numbered, SOURCE_ORDER};
@@ -78,14 +78,25 @@ pub(super) struct Merge {
 impl Merge {
     /// Checks the options against the input's schema while planning: the
     /// keys exist, the expressions parse, no column has a reserved name.
-    pub(super) fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
-        for key in &self.keys {
-            if schema.field_with_name(key).is_err() {
-                return Err(format!(
-                    "mergeKeys: the input has no column \"{key}\"; its columns: {}",
+    pub(super) fn check_input(&self, input: &LoadInput<'_>) -> std::result::Result<(), InputError> {
+        let schema = input.schema;
+        if let (None, Some(source)) = (&self.sequence_by, input.unordered.first()) {
+            return Err(InputError::at("sequenceBy", format!(
+                "the rows from {source} come in no defined order, so which of several rows of one key is the last would be undefined. Help: set sequenceBy to the column ordering a key's changes (e.g. updated_at); when the keys are unique in the query, any column will do, e.g. the key"
+            )));
+        }
+        if let Some(key) = self
+            .keys
+            .iter()
+            .find(|k| schema.field_with_name(k).is_err())
+        {
+            return Err(InputError::at(
+                "mergeKeys",
+                format!(
+                    "the input has no column \"{key}\"; its columns: {}",
                     column_list(schema)
-                ));
-            }
+                ),
+            ));
         }
         let mut reserved = vec![SEQUENCE, DELETE, RANK, PRIORITY, SOURCE_ORDER];
         if self.keep_history {
@@ -97,7 +108,7 @@ impl Merge {
         {
             return Err(format!(
                 "the input has a column named \"{name}\", a name saveMode merge uses itself. Help: rename it in a sql step"
-            ));
+            ).into());
         }
         let source = qualified(schema, "source").map_err(|e| e.to_string())?;
         let ctx = SessionContext::new();
@@ -107,7 +118,7 @@ impl Merge {
         ] {
             if let Some(sql) = sql {
                 ctx.parse_sql_expr(sql, &source)
-                    .map_err(|e| format!("{key}: {e}"))?;
+                    .map_err(|e| InputError::at(key, e.to_string()))?;
             }
         }
         Ok(())

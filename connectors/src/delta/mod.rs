@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
 use dataflow_engine::connector::{
-    BoxError, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
+    BoxError, InputError, LoadInput, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
 use dataflow_engine::spec::{Mode, StepInfo, StorageOptions};
 use datafusion::arrow::array::RecordBatch;
@@ -597,16 +597,17 @@ impl Sink for DeltaSink {
 
     /// Every column must convert to a Delta type the way delta-rs converts
     /// it when writing (after its own normalization, e.g. of string views).
-    fn check_input(&self, schema: &Schema) -> std::result::Result<(), String> {
+    fn check_input(&self, input: &LoadInput<'_>) -> std::result::Result<(), InputError> {
+        let schema = input.schema;
         if let Some(merge) = &self.merge {
-            merge.check_input(schema)?;
+            merge.check_input(input)?;
         }
         let normalized = normalize_for_delta(&Arc::new(schema.clone()));
         for field in normalized.fields() {
             let single = Arc::new(Schema::new(vec![field.clone()]));
             let converted: std::result::Result<StructType, _> = single.try_into_kernel();
             if converted.is_err() {
-                return Err(unsupported_column(field.name(), field.data_type()));
+                return Err(unsupported_column(field.name(), field.data_type()).into());
             }
         }
         Ok(())

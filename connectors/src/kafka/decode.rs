@@ -81,6 +81,10 @@ pub(crate) struct Pending {
     timestamp_types: Vec<i32>,
 }
 
+/// Decoded values: their columns, the indices of the records they come
+/// from, and the records that could not be decoded.
+type Decoded = (Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>);
+
 /// A record whose value could not be decoded.
 #[derive(Debug, Clone)]
 pub(crate) struct BadRecord {
@@ -134,7 +138,7 @@ impl Pending {
         partition: i32,
     ) -> Result<(RecordBatch, Vec<BadRecord>), ArrowError> {
         let n = self.len();
-        let (mut columns, kept, bad): (Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>) = match format {
+        let (mut columns, kept, bad): Decoded = match format {
             Format::Raw => {
                 let values: BinaryArray = (0..n).map(|i| self.value(i)).collect();
                 (
@@ -193,10 +197,7 @@ impl Pending {
 
     /// Debezium change events: the row images decoded as JSON, then `_op`
     /// and `_lsn`; the records kept (tombstones are skipped) and the bad.
-    fn decode_changes(
-        &self,
-        schema: &SchemaRef,
-    ) -> Result<(Vec<ArrayRef>, Vec<usize>, Vec<BadRecord>), ArrowError> {
+    fn decode_changes(&self, schema: &SchemaRef) -> Result<Decoded, ArrowError> {
         let mut images = Pending::default();
         let (mut events, mut kept, mut bad) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..self.len() {

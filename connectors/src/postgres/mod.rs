@@ -360,6 +360,11 @@ fn log_window(range: RangeKind, column: &str, last_mark: Option<i64>, high: Opti
 
 #[async_trait]
 impl Source for PostgresSource {
+    /// A query's rows come in no defined order (and partitions interleave).
+    fn ordered(&self) -> bool {
+        false
+    }
+
     async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
         Ok(self.config.incremental_column.iter().cloned().collect())
     }

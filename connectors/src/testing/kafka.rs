@@ -53,6 +53,10 @@ pub struct KafkaRecord {
 /// A record for [`KafkaBroker::produce`]: `(partition, key, value)`.
 pub type ProducerRecord<'a> = (i32, Option<&'a [u8]>, &'a [u8]);
 
+/// A record for [`KafkaBroker::produce_or_tombstones`]: `(partition, key,
+/// value)`, no value for a tombstone.
+pub type MaybeTombstone<'a> = (i32, Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// A running tansu broker.
 #[derive(Debug)]
 pub struct KafkaBroker {
@@ -214,6 +218,17 @@ impl KafkaBroker {
     /// (`batch.num.messages=1`), which keeps tansu's high watermarks right
     /// (see [`KafkaBroker::read_all`]).
     pub fn produce(&self, topic: &str, records: &[ProducerRecord<'_>]) -> io::Result<()> {
+        let records: Vec<_> = records.iter().map(|&(p, k, v)| (p, k, Some(v))).collect();
+        self.produce_or_tombstones(topic, &records)
+    }
+
+    /// [`produce`](Self::produce), where a `None` value is a tombstone (a
+    /// record without a value).
+    pub fn produce_or_tombstones(
+        &self,
+        topic: &str,
+        records: &[MaybeTombstone<'_>],
+    ) -> io::Result<()> {
         let producer: BaseProducer = self
             .client_config()
             .set("enable.idempotence", "true")
@@ -221,9 +236,10 @@ impl KafkaBroker {
             .create()
             .map_err(|e| io::Error::other(format!("creating a Kafka producer: {e}")))?;
         for &(partition, key, value) in records {
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-                .partition(partition)
-                .payload(value);
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
             if let Some(key) = key {
                 record = record.key(key);
             }

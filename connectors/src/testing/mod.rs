@@ -2,6 +2,7 @@
 //! real servers started in temporary directories.
 
 pub mod azure;
+pub mod duckdb;
 pub mod gcs;
 pub mod kafka;
 pub mod postgres;
@@ -10,6 +11,7 @@ pub mod s3;
 pub mod vault;
 
 pub use azure::AzuriteServer;
+pub use duckdb::duckdb_lines;
 pub use gcs::GcsServer;
 pub use kafka::{KafkaBroker, KafkaRecord, ProducerRecord};
 pub use postgres::{PgServer, CERT_USER, USER};
