@@ -532,8 +532,9 @@ fn merge_config_errors_are_reported_at_validate() {
         let file = write_config(out.path(), "bad.json", &config);
         let result = run(out.path(), &["validate", &file]);
         assert_eq!(result.code, 2, "{options}: {}", result.stderr);
+        let path = format!("at steps[1].config.{key} in steps[1] (toDeltaLake)");
         assert!(
-            result.stderr.contains("steps[1]"),
+            result.stderr.contains(&path),
             "{options}: {}",
             result.stderr
         );
