@@ -50,8 +50,9 @@ struct Change {
 const PARTITIONS: i32 = 3;
 
 /// `n` changes over `keys` keys, 15 % deletes, their event times up to 40
-/// events out of order (within a micro-batch and across batches).
-fn changes(seed: u64, n: usize, keys: u64) -> Vec<Change> {
+/// events out of order (within a micro-batch and across batches); with
+/// `ties`, some changes share an event time.
+fn changes(seed: u64, n: usize, keys: u64, ties: bool) -> Vec<Change> {
     let mut rng = Rng(seed);
     let mut offsets = [0i64; PARTITIONS as usize];
     (0..n)
@@ -63,7 +64,7 @@ fn changes(seed: u64, n: usize, keys: u64) -> Vec<Change> {
             offsets[partition as usize] += 1;
             Change {
                 id,
-                ts_ms: (i as i64 + jitter) * 1000 + (i as i64 % 1000),
+                ts_ms: (i as i64 + jitter) * 1000 + if ties { 0 } else { i as i64 % 1000 },
                 op: if rng.below(100) < 15 { "d" } else { "u" },
                 name: format!("n{i}"),
                 partition,
@@ -124,7 +125,8 @@ fn write_changes(dir: &Path, changes: &[Change]) -> String {
     path.display().to_string()
 }
 
-/// Kafka (json) → toDeltaLake merge on `id`, sequenced by `ts`.
+/// Kafka (json) → toDeltaLake merge on `id`, deletions where `op = 'd'`;
+/// `extra` adds load options (e.g. `sequenceBy`).
 fn merge_pipeline(dir: &Path, topic: &str, trigger: &str, per_trigger: u32, extra: &str) -> String {
     let config = format!(
         r#"{{"name": "changes-{topic}", "mode": "streaming", "trigger": "{trigger}", "steps": [
@@ -133,16 +135,24 @@ fn merge_pipeline(dir: &Path, topic: &str, trigger: &str, per_trigger: u32, extr
           "maxOffsetsPerTrigger": {per_trigger}, "registerAs": "changes"}}}},
         {{"type": "transform", "method": "sql", "config": {{"query": "SELECT id, ts, op, name FROM changes"}}}},
         {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/table",
-          "saveMode": "merge", "mergeKeys": ["id"], "sequenceBy": "ts", "deleteCondition": "op = 'd'"{extra}}}}}
+          "saveMode": "merge", "mergeKeys": ["id"], "deleteCondition": "op = 'd'"{extra}}}}}
     ]}}"#,
         broker().bootstrap()
     );
     write_config(dir, "changes.json", &config)
 }
 
-/// DuckDB's last change per key over the changes read so far (`read`:
-/// partition → offsets below it), as `id|name` of the keys not deleted.
-fn expected(changes_file: &str, read: &BTreeMap<i32, i64>) -> Vec<String> {
+/// Orders a key's changes by event time, ties by offset (a key's changes
+/// are in one partition).
+const BY_TIME: &str = "CAST(ts AS TIMESTAMP) DESC, o DESC";
+/// Orders a key's changes by offset.
+const BY_OFFSET: &str = "o DESC";
+const SEQUENCED: &str = r#", "sequenceBy": "ts""#;
+
+/// DuckDB's last change per key (`order`) over the changes read so far
+/// (`read`: partition → offsets below it), as `id|name` of the keys not
+/// deleted.
+fn expected(changes_file: &str, read: &BTreeMap<i32, i64>, order: &str) -> Vec<String> {
     let within = read
         .iter()
         .map(|(p, end)| format!("(p = {p} AND o < {end})"))
@@ -151,7 +161,7 @@ fn expected(changes_file: &str, read: &BTreeMap<i32, i64>) -> Vec<String> {
     duckdb_lines(&format!(
         "SELECT id || '|' || name FROM (
            SELECT * FROM read_json('{changes_file}') WHERE {within}
-           QUALIFY row_number() OVER (PARTITION BY id ORDER BY CAST(ts AS TIMESTAMP) DESC) = 1)
+           QUALIFY row_number() OVER (PARTITION BY id ORDER BY {order}) = 1)
          WHERE op <> 'd' ORDER BY id"
     ))
     .unwrap()
@@ -208,30 +218,33 @@ fn recorded_positions(table: &Path) -> Vec<BTreeMap<i32, i64>> {
 const TABLE_LINES: &str = "SELECT CAST(id AS VARCHAR) || '|' || name FROM t ORDER BY id";
 
 /// Micro-batches of changes (keys changed several times per batch, event
-/// times out of order, deletes): after every batch, the first included,
-/// the table equals DuckDB's last change per key over what was read.
+/// times out of order and sometimes equal, deletes): after every batch, the
+/// first included, the table equals DuckDB's last change per key over what
+/// was read; by event time with `sequenceBy`, else by offset.
 #[tokio::test]
 async fn a_change_stream_equals_the_last_change_per_key_after_every_batch() {
-    let topic = format!("changes-{}", std::process::id());
-    broker().create_topic(&topic, PARTITIONS).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let changes = changes(7, 1500, 40);
-    produce(&topic, &changes);
-    let file = merge_pipeline(out.path(), &topic, "availableNow", 200, "");
-    run(out.path(), &["run", &file]).assert_ok();
+    for (name, extra, order) in [("seq", SEQUENCED, BY_TIME), ("offset", "", BY_OFFSET)] {
+        let topic = format!("changes-{name}-{}", std::process::id());
+        broker().create_topic(&topic, PARTITIONS).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let changes = changes(7, 1500, 40, true);
+        produce(&topic, &changes);
+        let file = merge_pipeline(out.path(), &topic, "availableNow", 200, extra);
+        run(out.path(), &["run", &file]).assert_ok();
 
-    let table = out.path().join("table");
-    let versions = recorded_positions(&table);
-    assert!(versions.len() >= 8, "{} batches", versions.len());
-    let changes_file = write_changes(out.path(), &changes);
-    for (version, read) in versions.iter().enumerate() {
-        let got = delta_lines(&table, Some(version as u64), TABLE_LINES).await;
-        let want = expected(&changes_file, read);
-        assert!(!want.is_empty());
-        assert_eq!(got, want, "after batch {version} (read {read:?})");
+        let table = out.path().join("table");
+        let versions = recorded_positions(&table);
+        assert!(versions.len() >= 8, "{} batches", versions.len());
+        let changes_file = write_changes(out.path(), &changes);
+        for (version, read) in versions.iter().enumerate() {
+            let got = delta_lines(&table, Some(version as u64), TABLE_LINES).await;
+            let want = expected(&changes_file, read, order);
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "{name}: after batch {version} (read {read:?})");
+        }
+        let all: i64 = versions.last().unwrap().values().sum();
+        assert_eq!(all, 1500, "every change read");
     }
-    let all: i64 = versions.last().unwrap().values().sum();
-    assert_eq!(all, 1500, "every change read");
 }
 
 /// SIGKILLs at random points while changes flow; after a last drain the
@@ -241,8 +254,8 @@ async fn a_change_stream_killed_over_and_over_ends_exact() {
     let topic = format!("changes-killed-{}", std::process::id());
     broker().create_topic(&topic, PARTITIONS).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let changes = changes(11, 6000, 60);
-    let file = merge_pipeline(out.path(), &topic, "processingTime=200ms", 300, "");
+    let changes = changes(11, 6000, 60, true);
+    let file = merge_pipeline(out.path(), &topic, "processingTime=200ms", 300, SEQUENCED);
     let producer = {
         let (topic, changes) = (topic.clone(), changes.clone());
         std::thread::spawn(move || {
@@ -283,7 +296,7 @@ async fn a_change_stream_killed_over_and_over_ends_exact() {
         recorded_positions(&out.path().join("table")).last(),
         Some(&read)
     );
-    let want = expected(&write_changes(out.path(), &changes), &read);
+    let want = expected(&write_changes(out.path(), &changes), &read, BY_TIME);
     let got = delta_lines(&out.path().join("table"), None, TABLE_LINES).await;
     assert_eq!(got, want);
 }
@@ -295,14 +308,14 @@ async fn keep_history_holds_every_version_of_a_key() {
     let topic = format!("history-{}", std::process::id());
     broker().create_topic(&topic, PARTITIONS).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let changes = changes(23, 900, 15);
+    let changes = changes(23, 900, 15, false);
     produce(&topic, &changes);
     let file = merge_pipeline(
         out.path(),
         &topic,
         "availableNow",
         150,
-        r#", "keepHistory": true"#,
+        r#", "sequenceBy": "ts", "keepHistory": true"#,
     );
     run(out.path(), &["run", &file]).assert_ok();
 
@@ -436,11 +449,19 @@ async fn debezium_changes_sync_a_table_into_delta() {
         .collect();
     broker().produce_or_tombstones(&topic, &records).unwrap();
 
+    // The shipped example, in micro-batches of 50 changes.
     let out = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo_root().join("pipelines/debezium-to-delta.json"))
+        .unwrap()
+        .replace(
+            r#""maxOffsetsPerTrigger": 10000"#,
+            r#""maxOffsetsPerTrigger": 50"#,
+        );
+    let file = write_config(out.path(), "debezium.json", &example);
     let run = cli(out.path())
         .env("KAFKA_BOOTSTRAP", broker().bootstrap())
         .env("DEBEZIUM_TOPIC", &topic)
-        .args(["run", "pipelines/debezium-to-delta.json"])
+        .args(["run", &file])
         .output()
         .unwrap();
     let run = Run::from(run);
@@ -458,6 +479,7 @@ async fn debezium_changes_sync_a_table_into_delta() {
         .collect();
     assert!(want.len() > 20);
     assert_eq!(got, want);
+    assert!(recorded_positions(&out.path().join("accounts")).len() > 10);
 }
 
 /// A batch merge from a CSV whose keys repeat: the last row per key by
@@ -514,6 +536,28 @@ fn merge_config_errors_are_reported_at_validate() {
             format!(r#"{merge}, "deleteCondition": "deleted =""#),
             "deleteCondition",
             "SQL",
+        ),
+        (
+            format!(r#"{merge}, "deleteCondition": "email""#),
+            "deleteCondition",
+            "not a condition",
+        ),
+        (
+            format!(r#"{merge}, "sequenceBy": "max(updated_at)""#),
+            "sequenceBy",
+            "aggregates rows",
+        ),
+        (
+            format!(r#"{merge}, "sequenceBy": "source.updated_at""#),
+            "sequenceBy",
+            "unqualified",
+        ),
+        (
+            format!(
+                r#"{merge}, "sequenceBy": "updated_at", "keepHistory": true, "mergeSchema": true"#
+            ),
+            "mergeSchema",
+            "does not apply with keepHistory",
         ),
         (
             format!(
@@ -591,5 +635,52 @@ async fn late_changes_never_move_a_key_back() {
     assert_eq!(
         delta_lines(&table, None, sql).await,
         ["1|new@a", "2|back@a", "3|three@a"]
+    );
+}
+
+/// Key columns are taken as written (case, spaces; in SQL options they are
+/// quoted, as SQL needs), composite keys work,
+/// and so do tombstones and history over them, run after run.
+#[tokio::test]
+async fn composite_keys_with_case_and_spaces() {
+    let out = tempfile::tempdir().unwrap();
+    let input = out.path().join("in.csv");
+    let config = |table: &str, extra: &str| {
+        let config = format!(
+            r#"{{"name": "keys", "steps": [
+            {{"type": "extract", "method": "fromFiles", "config": {{"path": "{}", "format": "csv", "header": true}}}},
+            {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/{table}",
+              "saveMode": "merge", "mergeKeys": ["Order Id", "Region"], "sequenceBy": "\"Seq\"",
+              "deleteCondition": "\"Gone\""{extra}}}}}]}}"#,
+            input.display()
+        );
+        write_config(out.path(), &format!("{table}.json"), &config)
+    };
+    let plain = config("t", "");
+    let history = config("h", r#", "keepHistory": true"#);
+    let runs = [
+        "Order Id,Region,Seq,Gone,Note\n1,EU,1,false,a\n1,US,1,false,b\n1,EU,3,false,c\n2,EU,5,true,\n",
+        "Order Id,Region,Seq,Gone,Note\n1,EU,2,false,late\n2,EU,4,false,older\n1,US,6,true,\n",
+    ];
+    for csv in runs {
+        std::fs::write(&input, csv).unwrap();
+        run(out.path(), &["run", &plain]).assert_ok();
+        run(out.path(), &["run", &history]).assert_ok();
+    }
+    let rows = "SELECT \"Order Id\" || '|' || \"Region\" || '|' || \"Note\" FROM t ORDER BY 1";
+    assert_eq!(
+        delta_lines(&out.path().join("t"), None, rows).await,
+        ["1|EU|c"]
+    );
+    let versions = "SELECT \"Order Id\" || '|' || \"Region\" || '|' || \"Note\" || '|' || CAST(__start_at AS VARCHAR) || '|' || coalesce(CAST(__end_at AS VARCHAR), '-') FROM t ORDER BY 1";
+    assert_eq!(
+        delta_lines(&out.path().join("h"), None, versions).await,
+        [
+            "1|EU|a|1|2",
+            "1|EU|c|3|-",
+            "1|EU|late|2|3",
+            "1|US|b|1|6",
+            "2|EU|older|4|5"
+        ]
     );
 }

@@ -20,13 +20,14 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::tree_node::TreeNode as _;
+use datafusion::common::{Column, DFSchema, JoinType, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::execution::context::{SessionContext, SessionState};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions_window::expr_fn::{lead, row_number};
-use datafusion::logical_expr::{cast, ident, lit, Expr, ExprFunctionExt as _};
+use datafusion::logical_expr::{cast, ident, lit, Expr, ExprFunctionExt as _, ExprSchemable as _};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::operations::merge::MergeBuilder;
 use deltalake::DeltaTable;
@@ -37,7 +38,7 @@ use dataflow_engine::connector::{InputError, LoadInput, SinkReport, WriteContext
 use dataflow_engine::spec::StorageOptions;
 
 use super::source_order::{numbered, SOURCE_ORDER};
-use super::tombstones::Tombstones;
+use super::tombstones::{Tombstones, DELETED_AT};
 use super::{commit_properties, merge_report, writer_properties, GatedLogStore};
 
 /// A change's sequence (`sequenceBy`), computed while merging.
@@ -98,13 +99,21 @@ impl Merge {
                 ),
             ));
         }
-        let mut reserved = vec![SEQUENCE, DELETE, RANK, PRIORITY, SOURCE_ORDER];
+        let mut reserved = vec![SEQUENCE, DELETE, RANK, PRIORITY, SOURCE_ORDER, DELETED_AT];
         if self.keep_history {
             reserved.extend([START_AT, END_AT, IS_CURRENT]);
         }
-        if let Some(name) = reserved
+        let internal = |name: &str| {
+            reserved.contains(&name)
+                || ["__deleted_", "__touched_"]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+        };
+        if let Some(name) = schema
+            .fields()
             .iter()
-            .find(|name| schema.field_with_name(name).is_ok())
+            .map(|f| f.name())
+            .find(|n| internal(n))
         {
             return Err(format!(
                 "the input has a column named \"{name}\", a name saveMode merge uses itself. Help: rename it in a sql step"
@@ -112,13 +121,41 @@ impl Merge {
         }
         let source = qualified(schema, "source").map_err(|e| e.to_string())?;
         let ctx = SessionContext::new();
-        for (key, sql) in [
-            ("sequenceBy", &self.sequence_by),
-            ("deleteCondition", &self.delete_condition),
-        ] {
-            if let Some(sql) = sql {
-                ctx.parse_sql_expr(sql, &source)
-                    .map_err(|e| InputError::at(key, e.to_string()))?;
+        let parse = |key: &'static str, sql: &str| {
+            ctx.parse_sql_expr(sql, &source)
+                .map_err(|e| InputError::at(key, e.to_string()))
+        };
+        if let Some(sql) = &self.sequence_by {
+            let plain = DFSchema::try_from(schema.clone()).map_err(|e| e.to_string())?;
+            let expr = ctx.parse_sql_expr(sql, &plain).map_err(|e| match parse("sequenceBy", sql) {
+                Ok(_) => InputError::at("sequenceBy", format!(
+                    "\"{sql}\" names a table; write it over the input's columns, unqualified (it is computed for the incoming rows and for the table's)"
+                )),
+                Err(_) => InputError::at("sequenceBy", e.to_string()),
+            })?;
+            let aggregates = expr.exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::AggregateFunction(_) | Expr::WindowFunction(_)
+                ))
+            });
+            if aggregates.unwrap_or(false) {
+                return Err(InputError::at(
+                    "sequenceBy",
+                    format!("\"{sql}\" aggregates rows; it must be computed from each row alone"),
+                ));
+            }
+        }
+        if let Some(sql) = &self.delete_condition {
+            let expr = parse("deleteCondition", sql)?;
+            match expr.get_type(&source) {
+                Ok(DataType::Boolean | DataType::Null) => {}
+                Ok(other) => {
+                    return Err(InputError::at("deleteCondition", format!(
+                        "\"{sql}\" is {other}, not a condition (true for a change that deletes its key)"
+                    )))
+                }
+                Err(e) => return Err(InputError::at("deleteCondition", e.to_string())),
             }
         }
         Ok(())
@@ -129,7 +166,10 @@ impl Merge {
         let columns = column_names(&input);
         let changes = self.changes(input).await?;
         if self.keep_history {
-            return history(&self.keys, changes, None, &columns);
+            let versions = self.versions(None, changes, &columns).await?;
+            return Ok(versions
+                .filter(ident(DELETE).not())?
+                .select(history_columns(&columns))?);
         }
         let latest = self.latest(changes).await?;
         Ok(latest
@@ -163,13 +203,9 @@ impl Merge {
         let columns = column_names(&input);
         let target = table.snapshot()?.snapshot().arrow_schema();
         let changes = self.changes(input).await?;
+        check_history_columns(&target, table, self.keep_history)?;
         let (source, clauses) = if self.keep_history {
-            check_history_columns(&target, table)?;
-            // Read twice: held rather than computed twice when it fits.
-            let changes = held(changes).await?;
-            let state = changes.clone().into_parts().0;
-            let existing = target_versions(table, &state, &changes, &self.keys).await?;
-            let versions = history(&self.keys, changes, Some(existing), &columns)?;
+            let versions = self.versions(Some(table), changes, &columns).await?;
             (versions, Clauses::history(&self.keys, &columns))
         } else {
             let latest = self.latest(changes).await?.select(idents(&columns))?;
@@ -213,13 +249,50 @@ impl Merge {
         merge_report(table, &merged, &metrics)
     }
 
+    /// keepHistory: the versions of every key `changes` touches (see
+    /// [`history`]), with the table's versions and the key's deletions
+    /// (tombstones, which record the batch's deletions now) taken in.
+    async fn versions(
+        &self,
+        table: Option<&DeltaTable>,
+        changes: DataFrame,
+        columns: &[String],
+    ) -> Result<DataFrame> {
+        // Read several times: held rather than computed again when it fits.
+        let changes = held(changes).await?;
+        let unsequenced = changes
+            .clone()
+            .filter(ident(SEQUENCE).is_null())?
+            .count()
+            .await?;
+        if unsequenced > 0 {
+            return Err(ConnectorError::Rejected(format!(
+                "keepHistory: sequenceBy is null for {unsequenced} change(s) of this batch; a version cannot start at an unknown point. Nothing was written. Help: filter them out or give them a sequence in a sql step"
+            )));
+        }
+        let state = changes.clone().into_parts().0;
+        let touched = touched_keys(&changes, &self.keys)?;
+        let tombstones = Tombstones::of(&self.storage, &self.path).await?;
+        let mut earlier = Vec::new();
+        if let Some(table) = table {
+            let versions = table_frame(table, &state).await?;
+            earlier.push((of_keys(versions, &touched, &self.keys)?, Earlier::Versions));
+        }
+        if let Some(deleted) = tombstones.frame(&state).await? {
+            earlier.push((of_keys(deleted, &touched, &self.keys)?, Earlier::Deletions));
+        }
+        let versions = history(&self.keys, changes.clone(), earlier, columns)?;
+        tombstones.record(changes, &self.keys).await?;
+        Ok(versions)
+    }
+
     /// The input as changes: numbered in source order, with [`SEQUENCE`]
     /// (null without `sequenceBy`) and [`DELETE`].
     async fn changes(&self, input: DataFrame) -> Result<DataFrame> {
         let input = numbered(input)?.alias("source")?;
         let sequence = match &self.sequence_by {
             Some(sql) => input.parse_sql_expr(sql)?,
-            None => lit(datafusion::common::ScalarValue::Null),
+            None => lit(ScalarValue::Null),
         };
         let delete = match &self.delete_condition {
             Some(sql) => input.parse_sql_expr(sql)?.is_true(),
@@ -298,11 +371,13 @@ impl Clauses {
         let on = key_match(keys).and(start("target").eq(start("source")));
         let mut set = columns.to_vec();
         set.extend([START_AT, END_AT, IS_CURRENT].map(String::from));
+        // A deletion at a version's start (a tie it wins) removes it.
+        let deletion = column("source", DELETE);
         Clauses {
             on,
-            delete: None,
+            delete: Some(deletion.clone()),
             update: None,
-            insert: None,
+            insert: Some(deletion.not()),
             set,
         }
     }
@@ -331,7 +406,7 @@ pub(super) fn column(side: &str, name: &str) -> Expr {
 
 /// The last change per `partition` columns: the greatest sequence, then
 /// the latest in source order.
-fn last_per(changes: DataFrame, partition: &[String]) -> Result<DataFrame> {
+pub(super) fn last_per(changes: DataFrame, partition: &[String]) -> Result<DataFrame> {
     let rank = row_number()
         .partition_by(idents(partition))
         .order_by(vec![
@@ -405,7 +480,7 @@ impl TableProvider for HeldTable {
 }
 
 /// The names of `input`'s columns.
-fn column_names(input: &DataFrame) -> Vec<String> {
+pub(super) fn column_names(input: &DataFrame) -> Vec<String> {
     input
         .schema()
         .fields()
@@ -429,55 +504,74 @@ fn qualified(schema: &Schema, qualifier: &str) -> Result<DFSchema> {
     Ok(DFSchema::try_from_qualified_schema(qualifier, schema)?)
 }
 
-/// keepHistory needs its columns in an existing table.
-fn check_history_columns(target: &Schema, table: &DeltaTable) -> Result<()> {
+/// keepHistory needs its columns in an existing table, and a table with
+/// them is only merged into with keepHistory (an in-place update would
+/// overwrite every version of a key).
+fn check_history_columns(target: &Schema, table: &DeltaTable, keep_history: bool) -> Result<()> {
     let missing: Vec<&str> = [START_AT, END_AT, IS_CURRENT]
         .into_iter()
         .filter(|c| target.field_with_name(c).is_err())
         .collect();
-    if missing.is_empty() {
-        return Ok(());
+    let url = table.table_url();
+    match (keep_history, missing.is_empty()) {
+        (true, false) => Err(ConnectorError::Rejected(format!(
+            "keepHistory: the Delta table at \"{url}\" has no {} column: it was written without keepHistory. Help: write the history to a new table",
+            missing.join(", ")
+        ))),
+        (false, true) => Err(ConnectorError::Rejected(format!(
+            "the Delta table at \"{url}\" holds a history (keepHistory): merging into it without keepHistory would overwrite every version of a key. Help: set keepHistory: true"
+        ))),
+        _ => Ok(()),
     }
-    Err(ConnectorError::Rejected(format!(
-        "keepHistory: the Delta table at \"{}\" has no {} column: it was written without keepHistory. Help: write the history to a new table",
-        table.table_url(),
-        missing.join(", ")
-    )))
 }
 
-/// The table's versions of the keys `changes` touches, as changes: each
-/// version's start as an upsert, and its end as a deletion (which the next
-/// version's start, at the same sequence, outranks).
-async fn target_versions(
-    table: &DeltaTable,
-    state: &SessionState,
-    changes: &DataFrame,
-    keys: &[String],
-) -> Result<DataFrame> {
+/// The distinct keys of `changes`, renamed `__touched_<i>`.
+fn touched_keys(changes: &DataFrame, keys: &[String]) -> Result<DataFrame> {
+    let renamed = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ident(k).alias(format!("__touched_{i}")))
+        .collect::<Vec<_>>();
+    Ok(changes.clone().select(renamed)?.distinct()?)
+}
+
+/// The rows of `frame` whose keys are among `touched` (from
+/// [`touched_keys`]); key names are taken exactly as written.
+fn of_keys(frame: DataFrame, touched: &DataFrame, keys: &[String]) -> Result<DataFrame> {
+    let on = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ident(k).eq(ident(format!("__touched_{i}"))));
+    Ok(frame.join_on(touched.clone(), JoinType::LeftSemi, on)?)
+}
+
+/// The Delta table `table` as a frame of `state`'s session.
+pub(super) async fn table_frame(table: &DeltaTable, state: &SessionState) -> Result<DataFrame> {
     table.update_datafusion_session(state)?;
     let provider = table.table_provider().await?;
-    let ctx = SessionContext::new_with_state(state.clone());
-    let touched = changes.clone().select(idents(keys))?.distinct()?;
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let versions = ctx.read_table(provider)?.join(
-        touched.alias("touched")?,
-        datafusion::common::JoinType::LeftSemi,
-        &key_refs,
-        &key_refs,
-        None,
-    )?;
-    Ok(versions)
+    Ok(SessionContext::new_with_state(state.clone()).read_table(provider)?)
 }
 
-/// The versions of every key `changes` touches (with the table's versions
-/// `existing` of those keys, if any): each upsert starts a version that
-/// ends at the key's next change; deletions only end versions. Of two
-/// changes with one key and sequence, the batch's (then the later in source
-/// order) wins.
+/// What the table knew of a key before this batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Earlier {
+    /// Its versions: each one's start is an upsert, its end a deletion
+    /// (which the next version's start, at the same sequence, outranks).
+    Versions,
+    /// Its last deletion (a tombstone: keys and sequence).
+    Deletions,
+}
+
+/// keepHistory: the versions of the keys `changes` touches, with what the
+/// table knew of them (`earlier`). Each upsert starts a version that ends
+/// at the key's next change; deletions only end versions, and are kept (with
+/// [`DELETE`]) so that one winning a tie with a version's start removes it.
+/// Of two changes with one key and sequence, the batch's (then the later in
+/// source order) wins.
 fn history(
     keys: &[String],
     changes: DataFrame,
-    existing: Option<DataFrame>,
+    earlier: Vec<(DataFrame, Earlier)>,
     columns: &[String],
 ) -> Result<DataFrame> {
     let types: Vec<(String, DataType)> = columns
@@ -492,39 +586,44 @@ fn history(
         .field_with_unqualified_name(SEQUENCE)?
         .data_type()
         .clone();
-    let as_changes = |frame: DataFrame, sequence: Expr, delete: bool, priority: i32| {
+    let as_changes = |frame: DataFrame, sequence: &str, delete: bool, priority: i32| {
         let mut select: Vec<Expr> = types
             .iter()
-            .map(|(c, t)| cast(ident(c), t.clone()).alias(c))
+            .map(|(c, t)| {
+                let value = if frame.schema().has_column_with_unqualified_name(c) {
+                    ident(c)
+                } else {
+                    lit(ScalarValue::Null)
+                };
+                cast(value, t.clone()).alias(c)
+            })
             .collect();
         select.extend([
-            cast(sequence, sequence_type.clone()).alias(SEQUENCE),
+            cast(ident(sequence), sequence_type.clone()).alias(SEQUENCE),
             lit(delete).alias(DELETE),
             lit(priority).alias(PRIORITY),
             lit(0u64).alias(SOURCE_ORDER),
         ]);
         frame.select(select)
     };
-    let batch = {
-        let mut select: Vec<Expr> = idents(columns);
-        select.extend([
-            ident(SEQUENCE),
-            ident(DELETE),
-            lit(2i32).alias(PRIORITY),
-            ident(SOURCE_ORDER),
-        ]);
-        changes.select(select)?
-    };
-    let mut events = batch;
-    if let Some(existing) = existing {
-        let starts = as_changes(existing.clone(), ident(START_AT), false, 1)?;
-        let ends = as_changes(
-            existing.filter(ident(END_AT).is_not_null())?,
-            ident(END_AT),
-            true,
-            0,
-        )?;
-        events = events.union(starts)?.union(ends)?;
+    let mut select: Vec<Expr> = idents(columns);
+    select.extend([
+        ident(SEQUENCE),
+        ident(DELETE),
+        lit(2i32).alias(PRIORITY),
+        ident(SOURCE_ORDER),
+    ]);
+    let mut events = changes.select(select)?;
+    for (frame, kind) in earlier {
+        events = match kind {
+            Earlier::Versions => {
+                let ends = frame.clone().filter(ident(END_AT).is_not_null())?;
+                events
+                    .union(as_changes(frame, START_AT, false, 1)?)?
+                    .union(as_changes(ends, END_AT, true, 0)?)?
+            }
+            Earlier::Deletions => events.union(as_changes(frame, SEQUENCE, true, 0)?)?,
+        };
     }
     let mut by_sequence = keys.to_vec();
     by_sequence.push(SEQUENCE.into());
@@ -533,14 +632,18 @@ fn history(
         .partition_by(idents(keys))
         .order_by(vec![ident(SEQUENCE).sort(true, true)])
         .build()?;
-    let mut select: Vec<Expr> = idents(columns);
-    select.extend([
-        ident(SEQUENCE).alias(START_AT),
-        ident(END_AT),
-        ident(END_AT).is_null().alias(IS_CURRENT),
-    ]);
+    let mut select = history_columns(columns);
+    select.push(ident(DELETE));
     Ok(winners
         .with_column(END_AT, end)?
-        .filter(ident(DELETE).not())?
+        .with_column(START_AT, ident(SEQUENCE))?
+        .with_column(IS_CURRENT, ident(END_AT).is_null())?
         .select(select)?)
+}
+
+/// `columns` and keepHistory's own.
+fn history_columns(columns: &[String]) -> Vec<Expr> {
+    let mut select = idents(columns);
+    select.extend([START_AT, END_AT, IS_CURRENT].map(ident));
+    select
 }

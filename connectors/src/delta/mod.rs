@@ -98,6 +98,12 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
 
 #[async_trait]
 impl Source for DeltaSource {
+    /// A table's files come in no particular order (compaction rewrites
+    /// them), so its rows have none either.
+    fn ordered(&self) -> bool {
+        false
+    }
+
     async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
         let path = &self.config.path;
         let table = open_existing(&self.storage, path, self.config.version_as_of)
@@ -213,6 +219,12 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         return Err(info.error(
             "keepHistory",
             "keepHistory needs sequenceBy: each version starts and ends at a change's sequence",
+        ));
+    }
+    if config.keep_history && config.merge_schema {
+        return Err(info.error(
+            "mergeSchema",
+            "does not apply with keepHistory: the versions already in the table have no values for new columns",
         ));
     }
     if config.keep_history && config.update_condition.is_some() {

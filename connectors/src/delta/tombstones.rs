@@ -12,7 +12,7 @@
 use dataflow_engine::spec::StorageOptions;
 use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame;
-use datafusion::execution::context::SessionContext;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{ident, Expr};
 use deltalake::operations::merge::MergeBuilder;
 use deltalake::operations::write::WriteBuilder;
@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 
-use super::merge::{column, idents, key_match, DELETE, SEQUENCE};
+use super::merge::{
+    column, column_names, idents, key_match, last_per, table_frame, DELETE, SEQUENCE,
+};
 use super::{open_existing, table_at, writer_properties};
 
 /// The directory of a merge table's tombstones.
@@ -50,6 +52,15 @@ impl Tombstones {
         })
     }
 
+    /// The tombstones (key columns and [`SEQUENCE`]) as a frame of
+    /// `state`'s session, if there are any.
+    pub(super) async fn frame(&self, state: &SessionState) -> Result<Option<DataFrame>> {
+        if !self.exists {
+            return Ok(None);
+        }
+        Ok(Some(table_frame(&self.table, state).await?))
+    }
+
     /// `latest` (one change per key, with [`SEQUENCE`]) without the changes
     /// older than their key's deletion.
     pub(super) async fn drop_superseded(
@@ -57,18 +68,11 @@ impl Tombstones {
         latest: DataFrame,
         keys: &[String],
     ) -> Result<DataFrame> {
-        if !self.exists {
-            return Ok(latest);
-        }
-        let columns: Vec<String> = latest
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
         let state = latest.clone().into_parts().0;
-        self.table.update_datafusion_session(&state)?;
-        let ctx = SessionContext::new_with_state(state);
+        let Some(deleted) = self.frame(&state).await? else {
+            return Ok(latest);
+        };
+        let columns = column_names(&latest);
         let renamed: Vec<String> = (0..keys.len()).map(|i| format!("__deleted_{i}")).collect();
         let mut select: Vec<Expr> = keys
             .iter()
@@ -76,25 +80,25 @@ impl Tombstones {
             .map(|(k, r)| ident(k).alias(r))
             .collect();
         select.push(ident(SEQUENCE).alias(DELETED_AT));
-        let deleted = ctx
-            .read_table(self.table.table_provider().await?)?
-            .select(select)?;
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let renamed: Vec<&str> = renamed.iter().map(String::as_str).collect();
+        let on = keys
+            .iter()
+            .zip(&renamed)
+            .map(|(k, r)| ident(k).eq(ident(r)));
         let newer = ident(DELETED_AT)
             .is_null()
             .or(ident(SEQUENCE).gt_eq(ident(DELETED_AT)).is_true());
         Ok(latest
-            .join(deleted, JoinType::Left, &keys, &renamed, None)?
+            .join_on(deleted.select(select)?, JoinType::Left, on)?
             .filter(newer)?
             .select(idents(&columns))?)
     }
 
-    /// Records the deletions among `latest` (keeping each key's newest).
-    pub(super) async fn record(self, latest: DataFrame, keys: &[String]) -> Result<()> {
+    /// Records the deletions among `changes` (each key's last, where it is
+    /// newer than the key's tombstone).
+    pub(super) async fn record(self, changes: DataFrame, keys: &[String]) -> Result<()> {
         let mut columns = keys.to_vec();
         columns.push(SEQUENCE.into());
-        let deletions = latest.filter(ident(DELETE))?.select(idents(&columns))?;
+        let deletions = last_per(changes.filter(ident(DELETE))?, keys)?.select(idents(&columns))?;
         let (state, plan) = deletions.into_parts();
         if !self.exists {
             WriteBuilder::new(self.table.log_store(), None)
@@ -133,4 +137,4 @@ impl Tombstones {
 }
 
 /// A tombstone's sequence, beside the change it is compared with.
-const DELETED_AT: &str = "__deleted_at";
+pub(super) const DELETED_AT: &str = "__deleted_at";

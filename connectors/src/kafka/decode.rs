@@ -3,7 +3,7 @@
 //! decodes each value with a schema into columns, plus `_key`, `_topic`,
 //! `_partition`, `_offset` and `_timestamp`; `format: "debezium"` decodes
 //! Debezium change events (see [`change_event`]) into the row image plus
-//! `_op` and `_lsn`, and the same five columns.
+//! `_op`, `_lsn` and `_ts_ms`, and the same five columns.
 
 use std::sync::Arc;
 
@@ -52,6 +52,7 @@ impl Format {
                     fields.extend([
                         Field::new("_op", DataType::Utf8, false),
                         Field::new("_lsn", DataType::Int64, true),
+                        Field::new("_ts_ms", DataType::Int64, true),
                     ]);
                 }
                 fields.extend([
@@ -195,8 +196,8 @@ impl Pending {
         Arc::new(keys)
     }
 
-    /// Debezium change events: the row images decoded as JSON, then `_op`
-    /// and `_lsn`; the records kept (tombstones are skipped) and the bad.
+    /// Debezium change events: the row images decoded as JSON, then `_op`,
+    /// `_lsn` and `_ts_ms`; the records kept (tombstones are skipped) and the bad.
     fn decode_changes(&self, schema: &SchemaRef) -> Result<Decoded, ArrowError> {
         let mut images = Pending::default();
         let (mut events, mut kept, mut bad) = (Vec::new(), Vec::new(), Vec::new());
@@ -222,8 +223,9 @@ impl Pending {
         }
         let ops: StringArray = decoded.iter().map(|&j| Some(events[j].op)).collect();
         let lsns: Int64Array = decoded.iter().map(|&j| events[j].lsn).collect();
+        let times: Int64Array = decoded.iter().map(|&j| events[j].ts_ms).collect();
         let mut columns = rows.columns().to_vec();
-        columns.extend([Arc::new(ops) as ArrayRef, Arc::new(lsns)]);
+        columns.extend([Arc::new(ops) as ArrayRef, Arc::new(lsns), Arc::new(times)]);
         Ok((columns, decoded.iter().map(|&j| kept[j]).collect(), bad))
     }
 
@@ -291,8 +293,10 @@ impl Pending {
 pub(crate) struct ChangeEvent {
     /// `c` (create), `u` (update), `d` (delete) or `r` (snapshot read).
     pub op: &'static str,
-    /// `source.lsn` (PostgreSQL's log position), else `source.ts_ms`.
+    /// `source.lsn`: the change's position in PostgreSQL's log.
     pub lsn: Option<i64>,
+    /// `source.ts_ms`: when the change was made in the database.
+    pub ts_ms: Option<i64>,
     /// The row as JSON: `after`, or `before` for a delete.
     pub image: Vec<u8>,
 }
@@ -330,15 +334,16 @@ pub(crate) fn change_event(value: &[u8]) -> Result<ChangeEvent, String> {
         .get(side)
         .filter(|image| image.is_object())
         .ok_or_else(|| format!("op {op} without an object in \"{side}\""))?;
-    let source = envelope.get("source");
-    let lsn = ["lsn", "ts_ms"].iter().find_map(|field| {
-        source
+    let source = |field: &str| {
+        envelope
+            .get("source")
             .and_then(|s| s.get(field))
             .and_then(serde_json::Value::as_i64)
-    });
+    };
     Ok(ChangeEvent {
         op,
-        lsn,
+        lsn: source("lsn"),
+        ts_ms: source("ts_ms"),
         image: serde_json::to_vec(image).map_err(|e| e.to_string())?,
     })
 }
@@ -358,5 +363,65 @@ fn decode_one(schema: &SchemaRef, value: Option<&[u8]>) -> Result<RecordBatch, S
             batch.num_rows()
         )),
         _ => Err("the value is empty".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Result<ChangeEvent, String> {
+        change_event(json.as_bytes())
+    }
+
+    fn image(event: &ChangeEvent) -> serde_json::Value {
+        serde_json::from_slice(&event.image).unwrap()
+    }
+
+    #[test]
+    fn change_events_give_the_row_image_op_and_lsn() {
+        let update = event(
+            r#"{"before": {"id": 1, "n": "a"}, "after": {"id": 1, "n": "b"}, "op": "u",
+                "source": {"lsn": 42, "ts_ms": 7}, "ts_ms": 9}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (update.op, update.lsn, update.ts_ms),
+            ("u", Some(42), Some(7))
+        );
+        assert_eq!(image(&update), serde_json::json!({"id": 1, "n": "b"}));
+        let delete = event(
+            r#"{"before": {"id": 1, "n": null}, "after": null, "op": "d", "source": {"ts_ms": 7}}"#,
+        )
+        .unwrap();
+        assert_eq!((delete.op, delete.lsn, delete.ts_ms), ("d", None, Some(7)));
+        assert_eq!(image(&delete), serde_json::json!({"id": 1, "n": null}));
+        let wrapped = event(
+            r#"{"schema": {"type": "struct"}, "payload": {"after": {"id": 2}, "op": "r", "source": {"lsn": 5}}}"#,
+        )
+        .unwrap();
+        assert_eq!((wrapped.op, wrapped.lsn), ("r", Some(5)));
+        assert_eq!(image(&wrapped), serde_json::json!({"id": 2}));
+    }
+
+    #[test]
+    fn what_is_not_a_row_change_is_an_error() {
+        for (json, why) in [
+            ("not json", "not JSON"),
+            (r#"{"after": {"id": 1}}"#, "no \"op\""),
+            (r#"{"op": "t", "source": {}}"#, "truncate"),
+            (r#"{"op": "x", "after": {}}"#, "unknown op \"x\""),
+            (
+                r#"{"op": "d", "before": null, "after": null}"#,
+                "op d without an object in \"before\"",
+            ),
+            (
+                r#"{"op": "c", "after": [1]}"#,
+                "op c without an object in \"after\"",
+            ),
+        ] {
+            let error = event(json).unwrap_err();
+            assert!(error.contains(why), "{json}: {error}");
+        }
     }
 }
