@@ -294,6 +294,28 @@ async fn postgres_to_delta_syncs_changes_run_after_run() {
     let target = out.path().join("customers");
     let sql = "SELECT id, name, tier, deleted FROM t ORDER BY id";
 
+    // PostgreSQL rows have no order: without sequenceBy, which of two rows
+    // of one key is the last is undefined, and validate says so.
+    let unsequenced = std::fs::read_to_string(repo_root().join("pipelines/postgres-to-delta.json"))
+        .unwrap()
+        .replace(r#""sequenceBy": "updated_at", "#, "");
+    let unsequenced = write_config(out.path(), "unsequenced.json", &unsequenced);
+    let invalid: Run = cli(out.path())
+        .env("PG_URL", server.url(&db))
+        .env("PGPASSWORD", server.password())
+        .args(["validate", &unsequenced])
+        .output()
+        .expect("run-pipeline starts")
+        .into();
+    assert_eq!(invalid.code, 2, "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains(
+            "at steps[1].config.sequenceBy in steps[1] (toDeltaLake): the rows from steps[0] (fromPostgres as \"changes\") come in no defined order"
+        ),
+        "{}",
+        invalid.stderr
+    );
+
     let first = sync();
     first.assert_ok();
     assert!(
