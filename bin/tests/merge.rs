@@ -435,9 +435,13 @@ async fn debezium_changes_sync_a_table_into_delta() {
             _ => db.upsert(id, &format!("n{i}"), i as i64),
         }
     }
+    // Debezium delivers at least once: a restarted connector sends older
+    // events again, after newer ones.
+    let replayed: Vec<_> = db.events[100..300].to_vec();
     let records: Vec<(i32, Vec<u8>, Option<Vec<u8>>)> = db
         .events
         .iter()
+        .chain(&replayed)
         .map(|(id, value)| {
             let key = format!(r#"{{"id": {id}}}"#).into_bytes();
             ((id % 2) as i32, key, value.clone().map(String::into_bytes))
@@ -683,4 +687,57 @@ async fn composite_keys_with_case_and_spaces() {
             "2|EU|older|4|5"
         ]
     );
+}
+
+/// Without sequenceBy, a key's last change is the last in file order (paths
+/// sorted), then row order, however many partitions read the files.
+#[tokio::test]
+async fn without_sequence_by_files_then_rows_decide() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("changes");
+    std::fs::create_dir(&dir).unwrap();
+    let (files, rows, keys) = (4u64, 60_000u64, 1000u64);
+    for f in 0..files {
+        let mut text = String::from("k,v\n");
+        for i in 0..rows {
+            text.push_str(&format!("{},{}\n", (i * 7 + f) % keys, f * rows + i));
+        }
+        std::fs::write(dir.join(format!("part-{f}.csv")), text).unwrap();
+    }
+    let config = format!(
+        r#"{{"name": "order", "steps": [
+        {{"type": "extract", "method": "fromFiles", "config": {{"path": "{}", "format": "csv", "header": true}}}},
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "${{DATAFLOW_OUT}}/t", "saveMode": "merge", "mergeKeys": ["k"]}}}}]}}"#,
+        dir.display()
+    );
+    let file = write_config(out.path(), "order.json", &config);
+    // The last file holds every key; its last row of each key wins.
+    let last = files - 1;
+    let want: Vec<String> = (0..keys)
+        .map(|k| {
+            let i = (0..rows)
+                .rev()
+                .find(|i| (i * 7 + last) % keys == k)
+                .unwrap();
+            format!("{k}|{}", last * rows + i)
+        })
+        .collect();
+    for partitions in ["1", "8"] {
+        let table = out.path().join("t");
+        let _ = std::fs::remove_dir_all(&table);
+        let result: Run = cli(out.path())
+            .env("DATAFUSION_EXECUTION_TARGET_PARTITIONS", partitions)
+            .args(["run", &file])
+            .output()
+            .unwrap()
+            .into();
+        result.assert_ok();
+        let got = delta_lines(
+            &table,
+            None,
+            "SELECT CAST(k AS VARCHAR) || '|' || CAST(v AS VARCHAR) FROM t ORDER BY k",
+        )
+        .await;
+        assert_eq!(got, want, "{partitions} partitions");
+    }
 }

@@ -244,6 +244,10 @@ impl Compiler<'_> {
         let ctx = &self.out.ctx;
         let plan = output.logical_plan().clone();
         let (table, state) = cached_table(plan.clone(), ctx.state(), level)?;
+        // The cache has the row order (or none) of what it holds.
+        for label in reads_from(&plan, &self.unordered) {
+            self.unordered.push((table.clone(), label));
+        }
         self.out.caches.push(Cached {
             step: info.step.clone(),
             state,

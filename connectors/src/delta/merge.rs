@@ -340,7 +340,7 @@ impl Merge {
 fn guard(state: &SessionState, sql: &str, incoming: Expr, target: &DFSchema) -> Result<Expr> {
     let current = state.create_logical_expr(sql, target).map_err(|e| {
         ConnectorError::Rejected(format!(
-            "sequenceBy \"{sql}\" cannot be computed from the Delta table's columns ({e}): a change is compared with the table's row for its key, so the table must hold the columns sequenceBy reads. Help: keep them in the rows this step writes"
+            "sequenceBy \"{sql}\" cannot be computed from the Delta table's columns ({e}): each change is compared with the table's row for its key. Help: the table needs the columns sequenceBy reads; add them (a run with mergeSchema: true, without sequenceBy) or write to a new table"
         ))
     })?;
     Ok(current

@@ -1,9 +1,11 @@
 //! Rows numbered in the order their sources produced them, so that "the
 //! last change of a key" is defined without a sequence column.
 //!
-//! The input is planned without round-robin repartitioning, so every
-//! partition keeps its source's order: a Kafka partition's offsets, or
-//! contiguous runs of files (sorted by path) and of rows within them.
+//! The input is planned without round-robin repartitioning and executed
+//! without file work stealing (an idle partition reading a sibling's files),
+//! so every partition keeps its source's order: a Kafka partition's
+//! offsets, or contiguous runs of files (sorted by path) and of rows within
+//! them.
 //! [`SourceOrderExec`] then numbers each partition's rows as
 //! `partition << 40 | row`. Joins, aggregations and `repartition` steps
 //! do not keep an order; after them only `sequenceBy` is meaningful.
@@ -42,11 +44,9 @@ const ROW_BITS: u32 = 40;
 pub(super) fn numbered(input: DataFrame) -> DfResult<DataFrame> {
     let (state, plan) = input.into_parts();
     let mut planning = state.clone();
-    planning
-        .config_mut()
-        .options_mut()
-        .optimizer
-        .enable_round_robin_repartition = false;
+    let options = planning.config_mut().options_mut();
+    options.optimizer.enable_round_robin_repartition = false;
+    options.execution.enable_file_stream_work_stealing = false;
     let mut fields: Vec<Field> = plan
         .schema()
         .fields()
@@ -66,12 +66,14 @@ pub(super) fn numbered(input: DataFrame) -> DfResult<DataFrame> {
 #[derive(Debug)]
 struct SourceOrderExec {
     input: Arc<dyn ExecutionPlan>,
+    /// Executes `input` with the settings it was planned with.
+    context: Arc<TaskContext>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl SourceOrderExec {
-    fn new(input: Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Self {
+    fn new(input: Arc<dyn ExecutionPlan>, schema: SchemaRef, context: Arc<TaskContext>) -> Self {
         let from = input.properties();
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -81,6 +83,7 @@ impl SourceOrderExec {
         );
         SourceOrderExec {
             input,
+            context,
             schema,
             properties: Arc::new(properties),
         }
@@ -141,19 +144,22 @@ impl ExecutionPlan for SourceOrderExec {
     fn execute(
         &self,
         partition: usize,
-        context: Arc<TaskContext>,
+        _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.schema.clone();
         let mut next = (partition as u64) << ROW_BITS;
-        let stream = self.input.execute(partition, context)?.map(move |batch| {
-            let batch = batch?;
-            let rows = batch.num_rows() as u64;
-            let order = UInt64Array::from_iter_values(next..next + rows);
-            next += rows;
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(order));
-            Ok(RecordBatch::try_new(schema.clone(), columns)?)
-        });
+        let stream = self
+            .input
+            .execute(partition, self.context.clone())?
+            .map(move |batch| {
+                let batch = batch?;
+                let rows = batch.num_rows() as u64;
+                let order = UInt64Array::from_iter_values(next..next + rows);
+                next += rows;
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(order));
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,
@@ -190,8 +196,11 @@ impl TableProvider for NumberedTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let input = self.planning.create_physical_plan(&self.plan).await?;
-        let numbered: Arc<dyn ExecutionPlan> =
-            Arc::new(SourceOrderExec::new(input, self.schema.clone()));
+        let numbered: Arc<dyn ExecutionPlan> = Arc::new(SourceOrderExec::new(
+            input,
+            self.schema.clone(),
+            self.planning.task_ctx(),
+        ));
         let Some(columns) = projection else {
             return Ok(numbered);
         };

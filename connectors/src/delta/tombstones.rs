@@ -111,7 +111,12 @@ impl Tombstones {
         }
         let snapshot = self.table.snapshot()?.snapshot().clone();
         let source = DataFrame::new(state.clone(), plan);
-        let newer = column("source", SEQUENCE).gt(column("target", SEQUENCE));
+        // A null sequence is the oldest.
+        let newer = column("target", SEQUENCE)
+            .is_null()
+            .or(column("source", SEQUENCE)
+                .gt(column("target", SEQUENCE))
+                .is_true());
         MergeBuilder::new(
             self.table.log_store(),
             Some(snapshot),
