@@ -1,6 +1,6 @@
-"""Helpers shared by the benchmark scripts: timing child processes and
-generating TPC-H lineitem."""
-import os, subprocess, time
+"""Helpers shared by the benchmark scripts: timing child processes,
+generating TPC-H lineitem, finding tansu."""
+import os, shutil, subprocess, sys, time
 
 
 def timed(cmd, env=None, stdout=subprocess.DEVNULL):
@@ -24,3 +24,17 @@ def generate(work, sf, venv):
                     "--output-dir", out], check=True)
     os.rename(os.path.join(out, "lineitem.csv"), csv)
     return csv
+
+
+def tansu_bin():
+    """$TANSU_BIN, tansu on PATH, or the one under ~/.calfkit/bin."""
+    if os.environ.get("TANSU_BIN"):
+        return os.environ["TANSU_BIN"]
+    found = shutil.which("tansu")
+    if found:
+        return found
+    calf = os.path.expanduser("~/.calfkit/bin")
+    for name in sorted(os.listdir(calf)) if os.path.isdir(calf) else []:
+        if name.startswith("tansu"):
+            return os.path.join(calf, name)
+    sys.exit("no tansu binary: set TANSU_BIN (see README)")

@@ -14,26 +14,13 @@ the Delta commit time per batch (p50).
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from common import timed
+from common import tansu_bin, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 LOAD = os.path.join(ROOT, "..", "shared", "bench", "kafka_load.py")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, "release", "run-pipeline")
-
-
-def tansu_bin():
-    if os.environ.get("TANSU_BIN"):
-        return os.environ["TANSU_BIN"]
-    found = shutil.which("tansu")
-    if found:
-        return found
-    calf = os.path.expanduser("~/.calfkit/bin")
-    for name in sorted(os.listdir(calf)) if os.path.isdir(calf) else []:
-        if name.startswith("tansu"):
-            return os.path.join(calf, name)
-    sys.exit("no tansu binary: set TANSU_BIN (see README)")
 
 
 def main():

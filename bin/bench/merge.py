@@ -41,7 +41,7 @@ or any output is wrong.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from common import timed
+from common import tansu_bin, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -64,19 +64,6 @@ def find_binary():
     candidates = [os.path.join(d, "release", "run-pipeline")
                   for d in (os.path.join(ROOT, "target"), os.path.expanduser("~/.cache/dataflow-target"))]
     return next((c for c in candidates if os.access(c, os.X_OK)), candidates[0])
-
-
-def tansu_bin():
-    if os.environ.get("TANSU_BIN"):
-        return os.environ["TANSU_BIN"]
-    found = shutil.which("tansu")
-    if found:
-        return found
-    calf = os.path.expanduser("~/.calfkit/bin")
-    for name in sorted(os.listdir(calf)) if os.path.isdir(calf) else []:
-        if name.startswith("tansu"):
-            return os.path.join(calf, name)
-    sys.exit("no tansu binary: set TANSU_BIN (see README)")
 
 
 def start_broker(work, parts):
