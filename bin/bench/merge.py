@@ -140,6 +140,7 @@ def count(py, case, path):
     what = "count-parquet" if case == "duckdb" else "count-delta"
     res = subprocess.run([py, os.path.abspath(__file__), "--peer", what, path], capture_output=True, text=True)
     if res.returncode != 0:
+        print(f"*** counting {path} failed: {res.stderr.strip()[-2000:]}", flush=True)
         return None
     rows, total = res.stdout.split()
     return int(rows), int(total)
@@ -369,7 +370,10 @@ def peer():
         from deltalake import DeltaTable
         import pyarrow.compute as pc
         seq = DeltaTable(rest[0]).to_pyarrow_table(columns=["seq"])["seq"]
-        print(len(seq), pc.sum(seq).as_py() or 0)
+        print(len(seq), pc.sum(seq).as_py() or 0, flush=True)
+        # deltalake's runtime threads sometimes abort at interpreter exit
+        # ("terminate called without an active exception"): skip teardown.
+        os._exit(0)
     elif what == "count-parquet":
         import duckdb
         rows, total = duckdb.connect().execute(f"SELECT count(*), sum(seq) FROM read_parquet('{rest[0]}')").fetchone()
