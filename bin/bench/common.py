@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts: timing child processes,
-generating TPC-H lineitem, finding tansu."""
+generating TPC-H lineitem, finding run-pipeline and tansu."""
 import os, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def timed(cmd, env=None, stdout=subprocess.DEVNULL):
@@ -38,3 +40,12 @@ def tansu_bin():
         if name.startswith("tansu"):
             return os.path.join(calf, name)
     sys.exit("no tansu binary: set TANSU_BIN (see README)")
+
+
+def find_binary():
+    """$CARGO_TARGET_DIR's run-pipeline, else ./target's, else .ci/run's default target dir's."""
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "run-pipeline")
+    candidates = [os.path.join(d, "release", "run-pipeline")
+                  for d in (os.path.join(ROOT, "target"), os.path.expanduser("~/.cache/dataflow-target"))]
+    return next((c for c in candidates if os.access(c, os.X_OK)), candidates[0])

@@ -41,10 +41,9 @@ or any output is wrong.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from common import tansu_bin, timed
+from common import find_binary, tansu_bin, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 ROW_GROUP = 122_880
 COLUMNS = "id, seq, op, name, amount, updated_at"
 SCHEMA = "id BIGINT, seq BIGINT, op VARCHAR, name VARCHAR, amount DOUBLE, updated_at BIGINT"
@@ -55,15 +54,6 @@ CASES = {
     "batch": "dataflow Parquet -> Delta merge",
     "duckdb": "DuckDB Parquet -> last per key",
 }
-
-
-def find_binary():
-    """$CARGO_TARGET_DIR's run-pipeline, else ./target's, else .ci/run's default target dir's."""
-    if os.environ.get("CARGO_TARGET_DIR"):
-        return os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "run-pipeline")
-    candidates = [os.path.join(d, "release", "run-pipeline")
-                  for d in (os.path.join(ROOT, "target"), os.path.expanduser("~/.cache/dataflow-target"))]
-    return next((c for c in candidates if os.access(c, os.X_OK)), candidates[0])
 
 
 def start_broker(work, parts):

@@ -25,7 +25,7 @@ and the ratio dataflow / DuckDB.
 import argparse, atexit, glob, json, os, re, runpy, shutil, statistics, subprocess, sys, time, urllib.request
 import xml.etree.ElementTree as ET
 
-from common import generate, timed
+from common import find_binary, generate, timed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -126,15 +126,6 @@ def dataflow_config(work, port, run, sql):
     with open(path, "w") as f:
         json.dump(config, f, indent=1)
     return path
-
-
-def find_binary():
-    """$CARGO_TARGET_DIR's run-pipeline, else ./target's, else .ci/run's default target dir's."""
-    if os.environ.get("CARGO_TARGET_DIR"):
-        return os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "run-pipeline")
-    candidates = [os.path.join(d, "release", "run-pipeline")
-                  for d in (os.path.join(ROOT, "target"), os.path.expanduser("~/.cache/dataflow-target"))]
-    return next((c for c in candidates if os.access(c, os.X_OK)), candidates[0])
 
 
 def rss_mb(pid):
