@@ -43,7 +43,6 @@ import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, temp
 
 from common import find_binary, tansu_bin, timed
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ROW_GROUP = 122_880
 COLUMNS = "id, seq, op, name, amount, updated_at"
 SCHEMA = "id BIGINT, seq BIGINT, op VARCHAR, name VARCHAR, amount DOUBLE, updated_at BIGINT"
