@@ -6,6 +6,7 @@ mod history;
 mod observe;
 mod progress;
 mod summary;
+mod upkeep;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -89,6 +90,10 @@ enum Command {
     Schedule(ScheduleArgs),
     /// Show recorded runs, oldest first.
     History(HistoryArgs),
+    /// Compact a Delta table's small files into bigger ones.
+    Optimize(upkeep::OptimizeArgs),
+    /// Delete the files of a Delta table that no recent version needs.
+    Vacuum(upkeep::VacuumArgs),
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +285,8 @@ async fn main_inner(cli: &Cli) -> Result<()> {
         Command::Run(args) => run(cli, args).await,
         Command::Schedule(args) => schedule(cli, args).await,
         Command::History(args) => show_history(cli, args),
+        Command::Optimize(args) => upkeep::optimize(args).await,
+        Command::Vacuum(args) => upkeep::vacuum(args).await,
     }
 }
 

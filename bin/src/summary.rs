@@ -78,6 +78,9 @@ pub fn batch_line(batch: &BatchReport) -> String {
     if let Some(commit) = batch.commit {
         line += &format!(" (commit {}ms)", commit.as_millis());
     }
+    if batch.late_rows > 0 {
+        line += &format!(", {} late rows", batch.late_rows);
+    }
     for source in &batch.sources {
         let ranges: Vec<String> = source
             .partitions

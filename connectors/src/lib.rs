@@ -19,6 +19,7 @@ pub mod testing;
 use dataflow_engine::connector::Registry;
 use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
 
+pub use delta::upkeep;
 pub use error::ConnectorError;
 
 /// Every extract and load method, by name.

@@ -135,6 +135,20 @@ pub struct WriteContext {
     /// holds the positions from here up to the mark. A sink that records
     /// marks compares them with its own to skip a batch it already holds.
     pub starts: Vec<Mark>,
+    /// How the rows replace earlier ones (a streaming aggregation's
+    /// `outputMode` update or complete); `None`: they are new rows.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// How a streaming aggregation's rows replace the ones written before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// `outputMode` update: the rows are the changed groups; merge them on
+    /// these columns (the group keys).
+    Merge(Vec<String>),
+    /// `outputMode` complete: the rows are the whole result; replace the
+    /// target's contents.
+    Overwrite,
 }
 
 /// What planning knows of a load step's rows.
@@ -145,6 +159,8 @@ pub struct LoadInput<'a> {
     /// The extract steps they come from whose rows have no defined order
     /// (see [`Source::ordered`]), e.g. `steps[0] (fromPostgres)`.
     pub unordered: Vec<String>,
+    /// How the rows replace earlier ones, if they do.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// Why a sink cannot take a load step's input.

@@ -23,10 +23,12 @@ pub mod schema;
 pub mod secret;
 pub mod session;
 pub mod spec;
+pub mod state;
 mod spillable_join;
 pub mod storage;
 pub mod stream;
 mod transform;
+pub mod window;
 
 pub use datafusion;
 pub use error::{Error, Result, StepRef};

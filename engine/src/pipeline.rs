@@ -109,7 +109,6 @@ impl Pipeline {
     }
 
     fn summarize(&self, loads: Vec<(SinkReport, Duration)>, elapsed: Duration) -> RunSummary {
-        let mut loads = self.loads.iter().zip(loads);
         let steps = self
             .steps
             .iter()
@@ -122,13 +121,13 @@ impl Pipeline {
                     duration: None,
                     detail: String::new(),
                 };
-                if *kind == StepKind::Load {
-                    if let Some((load, (sink, took))) = loads.next() {
-                        report.rows = Some(sink.rows);
-                        report.bytes = Some(sink.bytes);
-                        report.duration = Some(took);
-                        report.detail = format!("from {}; {}", load.input_name, sink.detail);
-                    }
+                // A load step's sink, or the late rows of a watermark step.
+                let load = self.loads.iter().zip(&loads).find(|(l, _)| l.step.index == step.index);
+                if let Some((load, (sink, took))) = load {
+                    report.rows = Some(sink.rows);
+                    report.bytes = Some(sink.bytes);
+                    report.duration = Some(*took);
+                    report.detail = format!("from {}; {}", load.input_name, sink.detail);
                 } else if let Some(cached) = self.caches.iter().find(|c| c.step == *step) {
                     report.rows = Some(cached.state.rows());
                     report.detail = format!(

@@ -17,12 +17,14 @@ use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::cache::{cached_table, CacheState};
-use crate::connector::{LoadInput, Registry, Sink, Source};
+use crate::connector::{LoadInput, Registry, Rewrite, Sink, Source};
+use crate::state::aggregate::{key_columns, stream_aggregates, StatefulAggregate};
+use crate::transform::{late_data_load, Watermark, WITH_WATERMARK};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
 use crate::spec::StorageLevel;
-use crate::spec::{PipelineSpec, StepInfo, StepKind};
+use crate::spec::{Mode, OutputMode, PipelineSpec, StepInfo, StepKind};
 use crate::transform;
 
 /// A load step ready to run: its sink and the plan that feeds it.
@@ -36,6 +38,8 @@ pub struct Load {
     pub sink: Arc<dyn Sink>,
     /// The plan producing the rows to write.
     pub input: DataFrame,
+    /// How the rows replace earlier ones (streaming aggregations).
+    pub rewrite: Option<Rewrite>,
 }
 
 /// A cached relation and the step that asked for it.
@@ -68,6 +72,46 @@ pub(crate) trait Opening: Send {
         ctx: &SessionContext,
         sinks: &[Arc<dyn Sink>],
     ) -> Result<OpenedTable>;
+
+    /// What `withWatermark` step `info` makes of `frame` (the rows it
+    /// passes on, and the late rows for its `lateDataPath`): unchanged in a
+    /// batch run. `sources` are the opened extract steps before it.
+    async fn watermark(
+        &mut self,
+        info: &StepInfo,
+        watermark: &Watermark,
+        frame: DataFrame,
+        sources: &[OpenedSource],
+        ctx: &SessionContext,
+    ) -> Result<(DataFrame, Option<DataFrame>)> {
+        let _ = (info, watermark, sources, ctx);
+        Ok((frame, None))
+    }
+
+    /// The rows a load writes when a stream's aggregation feeds it: the
+    /// aggregation kept across micro-batches. `input` unchanged in a batch
+    /// run.
+    async fn stateful(
+        &mut self,
+        load: StatefulLoad<'_>,
+        input: DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<DataFrame> {
+        let _ = (load, ctx);
+        Ok(input)
+    }
+}
+
+/// A load fed by an aggregation over a stream.
+pub(crate) struct StatefulLoad<'a> {
+    /// The load step.
+    pub info: &'a StepInfo,
+    /// The aggregation.
+    pub aggregate: StatefulAggregate,
+    /// Every extract step opened for this run.
+    pub sources: &'a [OpenedSource],
+    /// What each micro-batch writes.
+    pub mode: OutputMode,
 }
 
 /// Builds the sink of load step `info` from the registry.
@@ -120,14 +164,26 @@ pub(crate) async fn compile(
         .filter(|info| info.kind == StepKind::Load)
         .map(|info| Ok((info.step.index, opening.sink(info, registry)?)))
         .collect::<Result<_>>()?;
+    // The late rows of a watermark are a load too, recording positions.
+    let mut late_sinks = HashMap::new();
+    for info in &spec.steps {
+        if let Some(late) = late_data_load(info)? {
+            late_sinks.insert(info.step.index, (late.step.clone(), opening.sink(&late, registry)?));
+        }
+    }
+    let mut sinks = sinks;
+    sinks.extend(late_sinks.iter().map(|(index, (_, sink))| (*index, sink.clone())));
     let mut compiler = Compiler {
         spec,
         registry,
         opening,
         sinks,
+        late_sinks,
         registered: HashMap::new(),
         previous: None,
         unordered: Vec::new(),
+        streams: Vec::new(),
+        watermark: None,
         out: Compiled {
             steps: Vec::new(),
             loads: Vec::new(),
@@ -155,6 +211,12 @@ struct Compiler<'a> {
     previous: Option<(String, DataFrame)>,
     /// The tables of sources without a row order, with their step labels.
     unordered: Vec<(Arc<dyn TableProvider>, String)>,
+    /// The tables of streaming sources.
+    streams: Vec<Arc<dyn TableProvider>>,
+    /// The sinks of late rows, by `withWatermark` step index.
+    late_sinks: HashMap<usize, (StepRef, Arc<dyn Sink>)>,
+    /// The pipeline's watermark, once its step is compiled.
+    watermark: Option<Watermark>,
     out: Compiled,
 }
 
@@ -167,9 +229,10 @@ impl Compiler<'_> {
             StepKind::Extract => (self.extract(info).await?, None),
             StepKind::Transform => {
                 let out = transform::apply(&self.out.ctx, info, input.map(|(_, df)| df)).await?;
-                (out.frame, out.cache)
+                let frame = self.watermark(info, out.frame).await?;
+                (frame, out.cache)
             }
-            StepKind::Load => return self.load(info, input),
+            StepKind::Load => return self.load(info, input).await,
         };
         let output = self.cache(info, output, cache)?;
         self.register(info, output)
@@ -193,16 +256,20 @@ impl Compiler<'_> {
         if !opened.source.ordered() {
             self.unordered.push((table.clone(), info.step.to_string()));
         }
+        if opened.source.is_stream() {
+            self.streams.push(table.clone());
+        }
         self.out.sources.push(opened);
         Ok(self.out.ctx.read_table(table)?)
     }
 
     /// Adds load step `info`, writing `input`.
-    fn load(&mut self, info: &StepInfo, input: Option<(String, DataFrame)>) -> Result<()> {
-        let (_, sink) = self
+    async fn load(&mut self, info: &StepInfo, input: Option<(String, DataFrame)>) -> Result<()> {
+        let sink = self
             .sinks
             .iter()
             .find(|(index, _)| *index == info.step.index)
+            .map(|(_, sink)| sink.clone())
             .expect("every load step has a sink");
         let (input_name, input) = input.ok_or_else(|| {
             Error::config(
@@ -211,9 +278,11 @@ impl Compiler<'_> {
                 "nothing to load: no step precedes this one; name one with \"input\"",
             )
         })?;
+        let (input, rewrite) = self.stateful(info, input).await?;
         let checked = LoadInput {
             schema: input.schema().as_arrow(),
             unordered: reads_from(input.logical_plan(), &self.unordered),
+            rewrite: rewrite.clone(),
         };
         sink.check_input(&checked).map_err(|error| {
             let path = match error.key {
@@ -225,10 +294,91 @@ impl Compiler<'_> {
         self.out.loads.push(Load {
             step: info.step.clone(),
             input_name,
-            sink: sink.clone(),
+            sink,
             input,
+            rewrite,
         });
         Ok(())
+    }
+
+    /// `frame`, as `withWatermark` step `info` passes it on (other steps:
+    /// unchanged); its late rows become a load when it has a
+    /// `lateDataPath`.
+    async fn watermark(&mut self, info: &StepInfo, frame: DataFrame) -> Result<DataFrame> {
+        if info.step.method != WITH_WATERMARK {
+            return Ok(frame);
+        }
+        if self.watermark.is_some() {
+            return Err(info.error("column", "a pipeline has one watermark; remove the second withWatermark step"));
+        }
+        let watermark = transform::watermark(info)?;
+        let (frame, late) = self
+            .opening
+            .watermark(info, &watermark, frame, &self.out.sources, &self.out.ctx)
+            .await?;
+        self.watermark = Some(watermark);
+        if let (Some(late), Some((step, sink))) = (late, self.late_sinks.get(&info.step.index)) {
+            self.out.loads.push(Load {
+                step: step.clone(),
+                input_name: format!("the rows behind the watermark of {}", info.step),
+                sink: sink.clone(),
+                input: late,
+                rewrite: None,
+            });
+        }
+        Ok(frame)
+    }
+
+    /// `input` of load `info`, with a streaming aggregation it holds kept
+    /// across micro-batches; how its rows replace earlier ones. Checks
+    /// what `validate` can: the output mode, the watermark, the checkpoint.
+    async fn stateful(&mut self, info: &StepInfo, input: DataFrame) -> Result<(DataFrame, Option<Rewrite>)> {
+        if self.spec.mode != Mode::Streaming {
+            return Ok((input, None));
+        }
+        let mode = self.spec.output_mode;
+        let mut aggregates = stream_aggregates(input.logical_plan(), &self.streams)?;
+        let error = |message: String| Error::config("outputMode", Some(info.step.clone()), message);
+        if aggregates.len() > 1 {
+            return Err(error("this load reads more than one aggregation of a stream; keep one GROUP BY over the stream per pipeline".into()));
+        }
+        let Some(aggregate) = aggregates.pop() else {
+            if mode == OutputMode::Complete {
+                return Err(error("outputMode complete needs an aggregation over the stream (GROUP BY): without one the whole result is the whole stream. Help: use append".into()));
+            }
+            return Ok((input, None));
+        };
+        let column = self.watermark.as_ref().map(|w| w.column.as_str());
+        let aggregate = StatefulAggregate::new(aggregate, column).map_err(|e| Error::Plan {
+            step: info.step.clone(),
+            path: format!("steps[{}]", info.step.index),
+            source: e,
+        })?;
+        if mode == OutputMode::Append && !aggregate.has_event_time() {
+            return Err(error("outputMode append writes each group once, when the watermark passes it: it needs withWatermark on the event-time column and GROUP BY window(...) (or the column) over it. Help: add them, or use outputMode update or complete".into()));
+        }
+        if self.spec.checkpoint_location.is_none() {
+            return Err(Error::config("checkpointLocation", Some(info.step.clone()), "a streaming aggregation keeps its state under checkpointLocation (as in Spark); set it"));
+        }
+        let rewrite = match mode {
+            OutputMode::Append => None,
+            OutputMode::Complete => Some(Rewrite::Overwrite),
+            OutputMode::Update => {
+                let keys = key_columns(input.logical_plan(), &aggregate.aggregate)?;
+                if keys.is_empty() {
+                    return Err(error("outputMode update merges the changed groups on their keys: select the GROUP BY columns (or window.start / window.end)".into()));
+                }
+                Some(Rewrite::Merge(keys))
+            }
+        };
+        let load = StatefulLoad {
+            info,
+            aggregate,
+            sources: &self.out.sources,
+            mode,
+        };
+        let input = self.opening.stateful(load, input, &self.out.ctx).await?;
+        Ok((input, rewrite))
     }
 
     /// `output`, cached when the step or its method asks for it.

@@ -109,6 +109,7 @@ pub(crate) async fn write_loads(
             gate: gate.clone(),
             marks: marks.to_vec(),
             starts: starts.to_vec(),
+            rewrite: load.rewrite.clone(),
         };
         write_load(load, ctx, progress)
     });

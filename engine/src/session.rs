@@ -23,6 +23,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
+use crate::window::window_functions;
 use crate::connector::{BoxError, Registry};
 use crate::error::{Error, Result};
 use crate::scan_statistics;
@@ -131,7 +132,11 @@ pub fn new_session(registry: &Registry, options: &RuntimeOptions) -> Result<Sess
             extensions: registry.extension_planners().to_vec(),
         }))
         .build();
-    Ok(SessionContext::new_with_state(state))
+    let ctx = SessionContext::new_with_state(state);
+    for function in window_functions() {
+        ctx.register_udf(function);
+    }
+    Ok(ctx)
 }
 
 /// The settings: ours, then `DATAFUSION_*` variables, which win.

@@ -11,7 +11,10 @@ use datafusion::logical_expr::{col, Expr, Partitioning};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::spec::StepInfo;
+use crate::window::rewrite_windows;
+use datafusion::sql::parser::Statement as DFStatement;
+use crate::spec::{parse_duration, Mode, StepInfo, StepKind};
+use datafusion::arrow::datatypes::DataType;
 use crate::spec::StorageLevel;
 
 #[derive(Deserialize)]
@@ -70,6 +73,65 @@ struct CacheConfig {
     storage_level: StorageLevel,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WatermarkConfig {
+    /// The event-time column (a timestamp).
+    column: String,
+    /// How late an event may come, e.g. `"10 minutes"`.
+    delay: String,
+    /// A Delta table receiving the rows behind the watermark (streaming).
+    late_data_path: Option<String>,
+}
+
+/// Name of the `withWatermark` method.
+pub(crate) const WITH_WATERMARK: &str = "withWatermark";
+/// The load method writing a watermark's late rows (`lateDataPath`).
+const LATE_DATA_METHOD: &str = "toDeltaLake";
+/// The column telling why a row is in `lateDataPath`.
+pub(crate) const LATE_REASON: &str = "_late_reason";
+
+/// A `withWatermark` step's settings (Spark's `withWatermark(column, delay)`).
+#[derive(Debug, Clone)]
+pub(crate) struct Watermark {
+    /// The event-time column.
+    pub column: String,
+    /// The watermark is the greatest event time seen less this.
+    pub delay: std::time::Duration,
+}
+
+/// The settings of `withWatermark` step `info`.
+pub(crate) fn watermark(info: &StepInfo) -> Result<Watermark> {
+    let cfg: WatermarkConfig = info.parse()?;
+    let delay = parse_duration(&cfg.delay)
+        .ok_or_else(|| info.error("delay", format!("\"{}\" is not a duration such as \"10 minutes\"", cfg.delay)))?;
+    Ok(Watermark {
+        column: cfg.column,
+        delay,
+    })
+}
+
+/// The load writing the late rows of `withWatermark` step `info` to its
+/// `lateDataPath`, in a streaming pipeline.
+pub(crate) fn late_data_load(info: &StepInfo) -> Result<Option<StepInfo>> {
+    if info.step.method != WITH_WATERMARK || info.mode != Mode::Streaming {
+        return Ok(None);
+    }
+    let cfg: WatermarkConfig = info.parse()?;
+    let Some(path) = cfg.late_data_path else {
+        return Ok(None);
+    };
+    let mut load = info.clone();
+    load.kind = StepKind::Load;
+    load.step.method = LATE_DATA_METHOD.to_string();
+    load.step.name = Some(format!(
+        "lateData of {}",
+        info.step.name.as_deref().unwrap_or(WITH_WATERMARK)
+    ));
+    load.config = serde_json::Map::from_iter([("path".to_string(), serde_json::Value::String(path))]);
+    Ok(Some(load))
+}
+
 /// What a transform step produces: a relation, possibly asking to be cached.
 pub(crate) struct Transformed {
     pub frame: DataFrame,
@@ -86,7 +148,7 @@ enum Method {
 }
 
 /// Every transform method, by name, in the order error messages list them.
-const TRANSFORMS: [(&str, Method); 9] = [
+const TRANSFORMS: [(&str, Method); 10] = [
     ("sql", Method::Query),
     ("filterRows", Method::Unary(filter_rows)),
     ("selectColumns", Method::Unary(select_columns)),
@@ -96,6 +158,7 @@ const TRANSFORMS: [(&str, Method); 9] = [
     ("repartition", Method::Unary(repartition)),
     ("coalesce", Method::Unary(coalesce)),
     ("cache", Method::Unary(cache)),
+    (WITH_WATERMARK, Method::Unary(with_watermark)),
 ];
 
 /// Applies transform `info.method` to `input` (`None` when no step precedes
@@ -158,11 +221,24 @@ async fn sql(ctx: &SessionContext, info: &StepInfo) -> Result<Transformed> {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let frame = ctx
-        .sql_with_options(&cfg.query, options)
-        .await
-        .map_err(plan_err(info, "query"))?;
-    plain(frame)
+    plain(plan_sql(ctx, &cfg.query, options).await.map_err(plan_err(info, "query"))?)
+}
+
+/// Plans `query` with Spark's event-time windows (see [`rewrite_windows`]).
+async fn plan_sql(
+    ctx: &SessionContext,
+    query: &str,
+    options: SQLOptions,
+) -> datafusion::error::Result<DataFrame> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(query, &dialect)?;
+    if let DFStatement::Statement(inner) = &mut statement {
+        rewrite_windows(inner)?;
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    options.verify_plan(&plan)?;
+    ctx.execute_logical_plan(plan).await
 }
 
 /// `filterRows`: the rows matching a SQL condition.
@@ -264,6 +340,28 @@ fn cache(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
         frame: input,
         cache: Some(cfg.storage_level),
     })
+}
+
+/// `withWatermark`: the input; a stream sets the rows behind the watermark
+/// apart when a stateful operator reads them (see `state::event_time`).
+fn with_watermark(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
+    let watermark = watermark(info)?;
+    check_columns_exist(info, &input, std::slice::from_ref(&watermark.column), "column")?;
+    let field = input
+        .schema()
+        .field_with_unqualified_name(&watermark.column)
+        .map_err(plan_err(info, "column"))?;
+    if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+        return Err(info.error(
+            "column",
+            format!(
+                "the event-time column {} is {}, not a timestamp. Help: CAST it AS TIMESTAMP in an earlier step",
+                watermark.column,
+                field.data_type()
+            ),
+        ));
+    }
+    plain(input)
 }
 
 /// Column references by exact name.

@@ -8,13 +8,14 @@ mod gated_store;
 mod merge;
 mod source_order;
 mod tombstones;
+pub mod upkeep;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
-use dataflow_engine::connector::{
+use dataflow_engine::connector::{Rewrite, 
     BoxError, InputError, LoadInput, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
 };
 use dataflow_engine::spec::{Mode, StepInfo, StorageOptions};
@@ -39,6 +40,7 @@ use crate::save_mode::SaveMode;
 use crate::storage::{check_path, is_local, store_for, url_of};
 use gated_store::GatedLogStore;
 use merge::Merge;
+use upkeep::{Every, EveryConfig, Upkeep};
 
 /// The (unloaded) table at `path`, on the pipeline's store for it: the
 /// same store DataFusion reads files there with.
@@ -153,13 +155,26 @@ struct ToDeltaConfig {
     /// With saveMode overwrite: replace the table's schema with the input's.
     #[serde(default)]
     overwrite_schema: bool,
-    /// Target size of data files in bytes (delta-rs default: 100 MiB).
+    /// Target size of data files in bytes (delta-rs default: 100 MiB),
+    /// for writes and compaction.
     target_file_size: Option<u64>,
+    /// Compact small files every N commits and/or T time
+    /// (`{"everyCommits": 50}`, `{"interval": "1 hour"}`).
+    optimize: Option<EveryConfig>,
+    /// Delete files no recent version needs, every N commits and/or T time,
+    /// keeping `retentionHours` (default and minimum: the table's, 7 days).
+    vacuum: Option<EveryConfig>,
+    /// A new table's `delta.checkpointInterval`: a checkpoint every this
+    /// many commits (delta-rs default 100), so a long stream's table opens
+    /// from its last checkpoint instead of replaying every commit.
+    checkpoint_interval: Option<u64>,
 }
 
 #[derive(Debug)]
 struct DeltaSink {
     config: ToDeltaConfig,
+    /// Compaction and vacuum after commits.
+    upkeep: Upkeep,
     /// `saveMode` as written, or the mode's default.
     save_mode: SaveMode,
     /// saveMode merge's options.
@@ -254,7 +269,15 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         path: config.path.clone(),
         storage: info.storage.clone(),
     });
+    if config.checkpoint_interval == Some(0) {
+        return Err(info.error("checkpointInterval", "must be at least 1"));
+    }
+    let upkeep = Upkeep {
+        optimize: config.optimize.as_ref().map(|c| Every::parse(info, "optimize", c)).transpose()?,
+        vacuum: config.vacuum.as_ref().map(|c| Every::parse(info, "vacuum", c)).transpose()?,
+    };
     Ok(Arc::new(DeltaSink {
+        upkeep,
         config,
         save_mode,
         merge,
@@ -332,13 +355,19 @@ impl DeltaSink {
                 return self.skip_held_batch(table, ctx).await;
             }
         }
-        if let (Some(merge), Some(table)) = (&self.merge, &existing) {
+        let update = self.update_merge(&ctx);
+        if let (Some(merge), Some(table)) = (update.as_ref().or(self.merge.as_ref()), &existing) {
             self.check_schema(table, &input)?;
             return merge
                 .merge(table, input, ctx, self.config.merge_schema)
                 .await;
         }
-        let mode = match (self.save_mode, &existing) {
+        let save_mode = match &ctx.rewrite {
+            Some(Rewrite::Overwrite) => SaveMode::Overwrite,
+            Some(Rewrite::Merge(_)) => SaveMode::Merge,
+            None => self.save_mode,
+        };
+        let mode = match (save_mode, &existing) {
             (SaveMode::ErrorIfExists, Some(_)) => return Err(self.exists_error()),
             (SaveMode::Ignore, Some(table)) => return skip_existing(table, ctx).await,
             // Nothing to merge into yet: the first run creates the table.
@@ -359,6 +388,22 @@ impl DeltaSink {
             None => table_at(&self.storage, self.path())?,
         };
         self.write_version(table, input, mode, ctx).await
+    }
+
+    /// `outputMode` update's merge on the group keys, if the rows are that.
+    fn update_merge(&self, ctx: &WriteContext) -> Option<Merge> {
+        let Some(Rewrite::Merge(keys)) = &ctx.rewrite else {
+            return None;
+        };
+        Some(Merge {
+            keys: keys.clone(),
+            sequence_by: None,
+            delete_condition: None,
+            update_condition: None,
+            keep_history: false,
+            path: self.config.path.clone(),
+            storage: self.storage.clone(),
+        })
     }
 
     /// Skips a batch the table already holds (see [`holds_batch`]).
@@ -409,6 +454,12 @@ impl DeltaSink {
     fn with_layout(&self, mut builder: WriteBuilder) -> WriteBuilder {
         if !self.config.partition_by.is_empty() {
             builder = builder.with_partition_columns(self.config.partition_by.clone());
+        }
+        if let Some(interval) = self.config.checkpoint_interval {
+            builder = builder.with_configuration([(
+                "delta.checkpointInterval".to_string(),
+                Some(interval.to_string()),
+            )]);
         }
         if self.config.merge_schema {
             builder = builder.with_schema_mode(SchemaMode::Merge);
@@ -604,7 +655,16 @@ async fn report(table: &DeltaTable) -> Result<SinkReport> {
 #[async_trait]
 impl Sink for DeltaSink {
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
-        Ok(self.write_table(input, ctx).await?)
+        let report = self.write_table(input, ctx).await?;
+        if self.upkeep.optimize.is_some() || self.upkeep.vacuum.is_some() {
+            if let Some(table) = open_existing(&self.storage, self.path(), None).await? {
+                let version = table.version().unwrap_or_default();
+                self.upkeep
+                    .after_commit(&self.storage, self.path(), version, self.config.target_file_size)
+                    .await;
+            }
+        }
+        Ok(report)
     }
 
     /// Every column must convert to a Delta type the way delta-rs converts
@@ -613,6 +673,18 @@ impl Sink for DeltaSink {
         let schema = input.schema;
         if let Some(merge) = &self.merge {
             merge.check_input(input)?;
+        }
+        if let (Some(rewrite), Some(mode)) = (&input.rewrite, self.config.save_mode) {
+            if mode != SaveMode::Append {
+                let writes = match rewrite {
+                    Rewrite::Merge(_) => "merges the changed groups on their keys",
+                    Rewrite::Overwrite => "overwrites the table with the whole result",
+                };
+                return Err(InputError::at(
+                    "saveMode",
+                    format!("the streaming aggregation's outputMode already says how rows are written (it {writes}); remove saveMode"),
+                ));
+            }
         }
         let normalized = normalize_for_delta(&Arc::new(schema.clone()));
         for field in normalized.fields() {

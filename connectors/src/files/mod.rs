@@ -3,13 +3,16 @@
 //! tables and file sinks.
 
 mod sink;
+mod stream;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use dataflow_engine::connector::{BoxError, Opened, Resume, Source};
 use dataflow_engine::schema::parse_column_list;
 use dataflow_engine::spec::StepInfo;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::parsers::CompressionTypeVariant;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -112,6 +115,16 @@ struct FromFilesConfig {
     schema: Option<String>,
     /// Rows read to infer a CSV/JSON schema. Default 1000.
     infer_schema_rows: Option<usize>,
+    /// In a streaming pipeline: read the files as a stream (Spark's
+    /// `readStream`): each micro-batch reads the files not read yet. Needs
+    /// `schema`. Default false: the files are a static table.
+    #[serde(default)]
+    streaming: bool,
+    /// Streaming: at most this many new files per micro-batch (default: all).
+    max_files_per_trigger: Option<usize>,
+    /// Streaming: newest files first (default: oldest first).
+    #[serde(default)]
+    latest_first: bool,
 }
 
 /// The `fromFiles` source.
@@ -181,6 +194,7 @@ pub(crate) fn source(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Source>
             ));
         }
     }
+    stream::check(info, &config)?;
     if format == Format::Parquet && config.compression != TextCompression::None {
         return Err(info.error(
             "compression",
@@ -241,6 +255,17 @@ impl FileSource {
             .unwrap_or_else(|_| self.format.extension().to_string())
     }
 
+    /// The `schema` columns, if given.
+    async fn given_schema(&self, state: &SessionState) -> Result<Option<SchemaRef>, BoxError> {
+        let Some(columns) = &self.config.schema else {
+            return Ok(None);
+        };
+        let schema = parse_column_list(state, columns)
+            .await
+            .map_err(|e| Box::new(self.info.error("schema", e.to_string())) as BoxError)?;
+        Ok(Some(schema))
+    }
+
     async fn provider(&self, state: &SessionState) -> Result<Arc<dyn TableProvider>, BoxError> {
         let path = &self.config.path;
         let url = listing_url(path)?;
@@ -274,13 +299,8 @@ impl FileSource {
             .with_listing_options(options)
             .infer_partitions_from_path(state)
             .await?;
-        let config = match &self.config.schema {
-            Some(columns) => {
-                let schema = parse_column_list(state, columns)
-                    .await
-                    .map_err(|e| Box::new(self.info.error("schema", e.to_string())) as BoxError)?;
-                config.with_schema(schema)
-            }
+        let config = match self.given_schema(state).await? {
+            Some(schema) => config.with_schema(schema),
             None => config.infer_schema(state).await?,
         };
         Ok(Arc::new(ListingTable::try_new(config)?))
@@ -304,7 +324,28 @@ fn listing_url(path: &str) -> datafusion::error::Result<ListingTableUrl> {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn open(&self, state: &SessionState, _resume: &Resume) -> Result<Opened, BoxError> {
+    fn is_stream(&self) -> bool {
+        self.config.streaming
+    }
+
+    async fn resume_keys(&self) -> Result<Vec<String>, BoxError> {
+        if !self.config.streaming {
+            return Ok(Vec::new());
+        }
+        Ok(self.files().await?.into_iter().map(|f| f.key).collect())
+    }
+
+    async fn latest(&self) -> Result<HashMap<String, i64>, BoxError> {
+        if !self.config.streaming {
+            return Ok(HashMap::new());
+        }
+        Ok(self.files().await?.into_iter().map(|f| (f.key, stream::READ)).collect())
+    }
+
+    async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+        if self.config.streaming {
+            return self.open_stream(state, resume).await;
+        }
         Ok(Opened::table(self.provider(state).await?))
     }
 }

@@ -154,6 +154,9 @@ pub struct StreamProgress {
     pub rows_in: i64,
     /// Rows written, summed over the loads.
     pub rows_out: u64,
+    /// Rows behind the watermark (set apart; to `lateDataPath` when set).
+    #[serde(default)]
+    pub late_rows: u64,
 }
 
 /// The history file of one state directory.

@@ -79,6 +79,8 @@ struct StreamStats {
     batches: u64,
     rows_in: i64,
     rows_out: u64,
+    /// Rows found behind the watermark.
+    late_rows: u64,
     /// The last commit, or the start of the run before the first one.
     last_commit: Instant,
     /// Lag after the last batch, per (source step, partition key).
@@ -158,6 +160,7 @@ impl Metrics {
             stats.batches += 1;
             stats.rows_in += batch.rows_in;
             stats.rows_out += batch.rows_out;
+            stats.late_rows += batch.late_rows;
             stats.last_commit = Instant::now();
             for source in &batch.sources {
                 for partition in &source.partitions {
@@ -180,6 +183,7 @@ impl Metrics {
                 batches: 0,
                 rows_in: 0,
                 rows_out: 0,
+                late_rows: 0,
                 last_commit: Instant::now(),
                 lag: BTreeMap::new(),
                 commits: Timings::new(&COMMIT_BUCKETS),
@@ -243,6 +247,7 @@ fn stream_json((pipeline, stats): (&String, &StreamStats)) -> Value {
         "batches": stats.batches,
         "rowsIn": stats.rows_in,
         "rowsOut": stats.rows_out,
+        "lateRows": stats.late_rows,
         "secondsSinceLastCommit": stats.last_commit.elapsed().as_secs_f64(),
         "commits": stats.commits.count,
         "commitSeconds": stats.commits.sum,
@@ -337,7 +342,7 @@ fn encode_stream_counts(
     streams: &BTreeMap<String, StreamStats>,
 ) -> fmt::Result {
     type Count = (&'static str, &'static str, fn(&StreamStats) -> u64);
-    let counts: [Count; 3] = [
+    let counts: [Count; 4] = [
         (
             "dataflow_stream_batches",
             "Micro-batches committed by streaming pipelines.",
@@ -352,6 +357,11 @@ fn encode_stream_counts(
             "dataflow_stream_rows_out",
             "Rows written by committed micro-batches, summed over the loads.",
             |s| s.rows_out,
+        ),
+        (
+            "dataflow_stream_late_rows",
+            "Rows behind the watermark, set apart by stateful micro-batches (to lateDataPath when set).",
+            |s| s.late_rows,
         ),
     ];
     for (name, help, value) in counts {
@@ -525,6 +535,7 @@ mod tests {
             }],
             duration: Duration::from_millis(50),
             commit: Some(Duration::from_millis(20)),
+            late_rows: 4,
         };
         metrics.stream_batch("s", &batch);
         let text = metrics.render_prometheus();
@@ -535,6 +546,7 @@ mod tests {
                 r#"dataflow_stream_batches_total{pipeline="s"} 1"#,
                 r#"dataflow_stream_rows_in_total{pipeline="s"} 20"#,
                 r#"dataflow_stream_rows_out_total{pipeline="s"} 7"#,
+                r#"dataflow_stream_late_rows_total{pipeline="s"} 4"#,
                 r#"dataflow_stream_consumer_lag{pipeline="s",source="steps[0] (fromKafka)",partition="t/0"} 3"#,
                 r#"dataflow_stream_consumer_lag{pipeline="s",source="steps[0] (fromKafka)",partition="t/1"} 0"#,
                 r#"dataflow_stream_commit_duration_seconds_bucket{le="0.01",pipeline="s"} 0"#,

@@ -198,6 +198,7 @@ impl StreamRun {
         self.progress.batches += 1;
         self.progress.rows_in += batch.rows_in;
         self.progress.rows_out += batch.rows_out;
+        self.progress.late_rows += batch.late_rows;
         for source in &batch.sources {
             let read: i64 = source.partitions.iter().map(|p| p.end - p.start).sum();
             *self.read.entry(source.step.clone()).or_default() += read;

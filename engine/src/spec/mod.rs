@@ -32,6 +32,7 @@ pub use step::StepInfo;
 pub use storage::{parse_location, StorageOptions, SCHEMES};
 pub use storage_level::StorageLevel;
 pub use trigger::Trigger;
+pub use trigger::parse_duration;
 
 /// A validated pipeline: what its JSON file says, checked and parsed.
 #[derive(Debug, Clone)]
@@ -68,6 +69,9 @@ pub struct PipelineSpec {
     /// console), in streaming or batch mode: the directory of the offset
     /// log, written after the loads commit. Top level or a load step.
     pub checkpoint_location: Option<String>,
+    /// `outputMode` (Spark's): what a streaming aggregation writes each
+    /// micro-batch. Top level or a load step.
+    pub output_mode: OutputMode,
     /// `memoryLimit`: the most memory a run may use, e.g. `"2GB"`; joins,
     /// sorts and aggregations spill to disk beyond it. `--memory-limit`
     /// overrides it; default: 75% of the machine's memory.
@@ -82,6 +86,43 @@ pub struct PipelineSpec {
     /// The strings that came from environment variables or Vault: messages
     /// about them show the `${VAR}` written, never the value.
     pub env_values: EnvValues,
+}
+
+/// Spark's `outputMode`: which rows of a streaming aggregation each
+/// micro-batch writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Each result row once, final: a window's row when the watermark
+    /// passes its end. Needs a watermark when the stream is aggregated.
+    #[default]
+    Append,
+    /// The result rows the micro-batch changed (into Delta: a merge on the
+    /// group keys).
+    Update,
+    /// The whole result, every micro-batch (into Delta: an overwrite).
+    Complete,
+}
+
+impl OutputMode {
+    /// `"append"`, `"update"` or `"complete"`, in any case.
+    pub fn parse(value: &serde_json::Value) -> std::result::Result<OutputMode, String> {
+        match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("append") => Ok(OutputMode::Append),
+            Some("update") => Ok(OutputMode::Update),
+            Some("complete") => Ok(OutputMode::Complete),
+            _ => Err("outputMode must be \"append\", \"update\" or \"complete\"".into()),
+        }
+    }
+}
+
+impl fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputMode::Append => "append",
+            OutputMode::Update => "update",
+            OutputMode::Complete => "complete",
+        })
+    }
 }
 
 /// `overlap`: a pipeline never runs twice at the same time.
@@ -246,7 +287,7 @@ impl PipelineSpec {
             }
             None => None,
         };
-        let (trigger, checkpoint_location) = raw.stream_settings()?;
+        let (trigger, checkpoint_location, output_mode) = raw.stream_settings()?;
         check_operations(&raw)?;
         let storage = StorageOptions::parse(&raw.storage)?;
         let steps = raw.step_infos(env_values, credentials, &storage)?;
@@ -263,6 +304,7 @@ impl PipelineSpec {
             retry_backoff: raw.retry_backoff,
             trigger,
             checkpoint_location,
+            output_mode,
             memory_limit: raw.memory_limit,
             spill_dir: None,
             storage,
@@ -435,27 +477,28 @@ mod tests {
     }
 
     #[test]
-    fn output_mode_append_runs_and_stateful_modes_are_refused() {
-        let with = |mode: &str| {
+    fn output_modes_are_read_and_stateful_ones_need_streaming() {
+        let with = |pipeline_mode: &str, mode: &str| {
             load(&format!(
-                r#"{{"name": "p", "mode": "streaming", "steps": [
+                r#"{{"name": "p", "mode": "{pipeline_mode}", "steps": [
                 {{"type": "extract", "method": "fromKafka", "config": {{}}}},
                 {{"type": "load", "method": "toDeltaLake", "config": {{"outputMode": "{mode}", "path": "t"}}}}]}}"#
             ))
         };
-        let spec = with("append").unwrap();
+        let spec = with("streaming", "Update").unwrap();
         assert!(!spec.steps[1].config.contains_key("outputMode"));
-        for mode in ["complete", "update", "sideways"] {
-            match with(mode).unwrap_err() {
+        assert_eq!(spec.output_mode, OutputMode::Update);
+        assert_eq!(with("streaming", "complete").unwrap().output_mode, OutputMode::Complete);
+        assert_eq!(with("batch", "append").unwrap().output_mode, OutputMode::Append);
+        for (pipeline_mode, mode, says) in [("streaming", "sideways", "must be"), ("batch", "update", "streaming aggregations")] {
+            match with(pipeline_mode, mode).unwrap_err() {
                 Error::Config { path, message, .. } => {
                     assert_eq!(path, "steps[1].config.outputMode");
-                    assert!(message.contains("outputMode"), "{message}");
+                    assert!(message.contains(says), "{message}");
                 }
                 other => panic!("expected a config error, got {other}"),
             }
         }
-        let complete = with("complete").unwrap_err().to_string();
-        assert!(complete.contains("stateful streaming"), "{complete}");
     }
 
     #[test]

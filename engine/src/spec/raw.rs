@@ -11,7 +11,7 @@ use super::secrets::{Credentials, CREDENTIAL_PATH};
 use super::step::StepInfo;
 use super::storage::{parse_location, StorageOptions};
 use super::trigger::Trigger;
-use super::{Backoff, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind, StorageLevel};
+use super::{Backoff, OutputMode, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind, StorageLevel};
 use crate::error::{Error, Result, StepRef};
 
 /// Keys of a load step's config that are the pipeline's streaming settings.
@@ -68,11 +68,22 @@ impl RawPipeline {
     /// `trigger` and `checkpointLocation`, each from the top level or one
     /// load step; an error if they are set in two places, or a trigger in
     /// batch mode. `outputMode` (Spark's key) is checked here too.
-    pub fn stream_settings(&self) -> Result<(Trigger, Option<String>)> {
+    pub fn stream_settings(&self) -> Result<(Trigger, Option<String>, OutputMode)> {
         let [trigger, checkpoint, output_mode] = self.stream_keys()?;
-        if let Some((path, value)) = output_mode {
-            check_output_mode(&value).map_err(|m| Error::config(path, None, m))?;
-        }
+        let output_mode = match output_mode {
+            None => OutputMode::default(),
+            Some((path, value)) => {
+                let mode = OutputMode::parse(&value).map_err(|m| Error::config(&path, None, m))?;
+                if mode != OutputMode::Append && self.mode != Mode::Streaming {
+                    return Err(Error::config(
+                        path,
+                        None,
+                        "outputMode \"update\" and \"complete\" apply to streaming aggregations; a batch run writes each result once",
+                    ));
+                }
+                mode
+            }
+        };
         let trigger = match trigger {
             None => Trigger::default(),
             Some((path, _)) if self.mode != Mode::Streaming => {
@@ -101,7 +112,7 @@ impl RawPipeline {
                 ))
             }
         };
-        Ok((trigger, checkpoint))
+        Ok((trigger, checkpoint, output_mode))
     }
 
     /// Where each of [`STREAM_KEYS`] is set (JSON path and value), if it is.
@@ -218,19 +229,6 @@ impl RawStep {
             credentials: None,
             storage: StorageOptions::default(),
         })
-    }
-}
-
-/// Spark's `outputMode`: `append` is what every pipeline does; `update` and
-/// `complete` rewrite aggregated results, which needs stateful streaming.
-fn check_output_mode(value: &Value) -> std::result::Result<(), String> {
-    match value.as_str().map(str::to_ascii_lowercase).as_deref() {
-        Some("append") => Ok(()),
-        Some(mode @ ("update" | "complete")) => Err(format!(
-            "outputMode \"{mode}\" needs stateful streaming (aggregations kept across \
-             micro-batches), which run-pipeline does not support yet. Help: use \"append\""
-        )),
-        _ => Err("outputMode must be \"append\" (or Spark's \"update\" / \"complete\", not supported yet)".into()),
     }
 }
 

@@ -78,7 +78,7 @@ impl Trigger {
 }
 
 /// `"5 seconds"`, `"5s"`, `"500ms"`, `"1 minute"`, `"2h"`.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

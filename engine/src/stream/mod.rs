@@ -18,7 +18,15 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::{Registry, Resume, Sink, Source};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
-use crate::plan::{build_sink, build_source, Opening};
+use crate::connector::Mark;
+use crate::plan::{build_sink, build_source, Opening, StatefulLoad};
+use crate::state::aggregate::{empty_state, replace_aggregate, state_table};
+use crate::state::event_time::{late, on_time, Tracker};
+use crate::state::store::{Snapshot, StateStore};
+use crate::transform::{Watermark, LATE_REASON};
+use datafusion::common::Column;
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{col, lit, LogicalPlan};
 use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
 use crate::run::RunSummary;
 use crate::spec::{PipelineSpec, StepInfo, StepKind, Trigger};
@@ -43,8 +51,120 @@ struct StreamState {
     micro_batch: bool,
     /// Bound the stream by what is available at start.
     available_now: bool,
-    /// The offset log directory for sinks that cannot record positions.
+    /// The offset log directory for sinks that cannot record positions,
+    /// and where stateful streams keep their state.
     checkpoint: Option<String>,
+    /// The stateful part: watermark and aggregation state.
+    state: KeptState,
+}
+
+/// What a stateful stream keeps between micro-batches.
+#[derive(Default)]
+struct KeptState {
+    /// Loaded from the checkpoint (on the first batch with new data).
+    store: Option<StateStore>,
+    /// The state as of the last committed batch.
+    committed: Option<Snapshot>,
+    /// The watermark the committed batches reached (µs).
+    watermark: Option<i64>,
+    /// The watermark's delay.
+    delay: Duration,
+    /// This batch's view of event time, when the pipeline has a watermark.
+    tracker: Option<Arc<Tracker>>,
+    /// The state once this batch commits.
+    pending: Option<Snapshot>,
+}
+
+impl KeptState {
+    /// Loads the state that matches where `sources` resume, once.
+    async fn load(&mut self, checkpoint: Option<&str>, sources: &[OpenedSource], ctx: &SessionContext) -> Result<()> {
+        let (None, Some(dir)) = (&self.store, checkpoint) else {
+            return Ok(());
+        };
+        let store = StateStore::new(&ctx.runtime_env(), dir)?;
+        // Where every key resumes (the sinks' or the offset log's positions).
+        let starts: Vec<Mark> = streaming(sources)
+            .flat_map(|s| {
+                s.start.iter().map(|(key, version)| Mark {
+                    app_id: s.app_id(key),
+                    version: *version,
+                })
+            })
+            .collect();
+        if let Some(snapshot) = store.load(&starts).await? {
+            self.watermark = snapshot.watermark;
+            self.committed = Some(snapshot);
+        }
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// The watermark after this batch: the greatest event time seen less
+    /// the delay, never going back.
+    fn watermark_after(&self) -> Option<i64> {
+        let tracker = self.tracker.as_ref()?;
+        let delay = i64::try_from(self.delay.as_micros()).unwrap_or(i64::MAX);
+        let seen = tracker.max_seen().map(|m| m.saturating_sub(delay));
+        match (self.watermark, seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs `load`'s aggregation over this batch and the kept state; writes
+    /// the new state's snapshot (before any sink commits) and returns the
+    /// rows the output mode writes, in place of the aggregation.
+    async fn aggregate(&mut self, load: &StatefulLoad<'_>, input: &DataFrame, ctx: &SessionContext) -> Result<LogicalPlan> {
+        if let Some(tracker) = &self.tracker {
+            tracker.activate();
+        }
+        let aggregate = &load.aggregate;
+        let partial = aggregate.partial()?;
+        let schema = Arc::new(partial.schema().as_arrow().clone());
+        let kept = match &self.committed {
+            Some(snapshot) => state_table(schema, snapshot.batches.clone())?,
+            None => empty_state(schema)?,
+        };
+        let merged = DataFrame::new(ctx.state(), aggregate.merged(partial, kept)?);
+        let merged_schema = Arc::new(merged.schema().as_arrow().clone());
+        let merged = merged.collect().await.map_err(|e| Error::step(&load.info.step, e))?;
+        let merged = Arc::new(MemTable::try_new(merged_schema, vec![merged])?);
+        let watermark = self.watermark_after();
+        let (written, kept) = aggregate.split(ctx, merged, load.mode, watermark)?;
+        let kept = DataFrame::new(ctx.state(), kept);
+        let schema = Arc::new(kept.schema().as_arrow().clone());
+        let batches = kept.collect().await.map_err(|e| Error::step(&load.info.step, e))?;
+        let snapshot = Snapshot {
+            sequence: self.committed.as_ref().map_or(0, |s| s.sequence) + 1,
+            marks: streaming(load.sources).flat_map(OpenedSource::reached).map(|m| (m.app_id, m.version)).collect(),
+            watermark,
+            batches,
+            schema,
+        };
+        if let Some(store) = &self.store {
+            store.write(&snapshot).await?;
+        }
+        self.pending = Some(snapshot);
+        Ok(replace_aggregate(input.logical_plan(), &aggregate.aggregate, written)?)
+    }
+
+    /// The batch committed: its state is the state.
+    fn advance(&mut self) {
+        if let Some(snapshot) = self.pending.take() {
+            self.watermark = snapshot.watermark;
+            self.committed = Some(snapshot);
+        }
+    }
+
+    /// Rows this batch found behind the watermark.
+    fn late_rows(&self) -> u64 {
+        self.tracker.as_ref().map_or(0, |t| t.late_rows())
+    }
+}
+
+/// The streaming ones of `sources`.
+fn streaming(sources: &[OpenedSource]) -> impl Iterator<Item = &OpenedSource> {
+    sources.iter().filter(|s| s.source.is_stream())
 }
 
 /// Where a streaming source's next batch starts, and the offset log its
@@ -79,6 +199,58 @@ impl Opening for StreamState {
             self.open_static(source, ctx, sinks).await
         }
     }
+
+    /// Rows behind the watermark are set apart (once a stateful operator
+    /// reads them): `frame` keeps the others; the late ones get a reason.
+    async fn watermark(
+        &mut self,
+        _info: &StepInfo,
+        watermark: &Watermark,
+        frame: DataFrame,
+        sources: &[OpenedSource],
+        ctx: &SessionContext,
+    ) -> Result<(DataFrame, Option<DataFrame>)> {
+        let state = &mut self.state;
+        state.load(self.checkpoint.as_deref(), sources, ctx).await?;
+        let tracker = Tracker::new(state.watermark);
+        state.tracker = Some(tracker.clone());
+        state.delay = watermark.delay;
+        let ts = col(Column::from_name(&watermark.column));
+        let reason = format!(
+            "{} behind the watermark {} (the greatest event time seen less {:?})",
+            watermark.column,
+            state.watermark.map_or("(none)".to_string(), show_micros),
+            watermark.delay
+        );
+        let late = frame
+            .clone()
+            .filter(late(&tracker, ts.clone()))?
+            .with_column(LATE_REASON, lit(reason))?;
+        Ok((frame.filter(on_time(&tracker, ts))?, Some(late)))
+    }
+
+    /// A batch with new data runs the aggregation with the kept state.
+    async fn stateful(
+        &mut self,
+        load: StatefulLoad<'_>,
+        input: DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<DataFrame> {
+        let new_data = streaming(load.sources)
+            .any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
+        if !new_data {
+            return Ok(input);
+        }
+        self.state.load(self.checkpoint.as_deref(), load.sources, ctx).await?;
+        let plan = self.state.aggregate(&load, &input, ctx).await?;
+        Ok(DataFrame::new(ctx.state(), plan))
+    }
+}
+
+/// µs since the epoch as an RFC 3339 time.
+fn show_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map_or_else(|| micros.to_string(), |t| t.to_rfc3339())
 }
 
 /// The value kept for `info`'s step in `built`, built the first time.
@@ -192,6 +364,7 @@ impl StreamState {
     /// Records that `pipeline`'s batch committed (its offset logs already
     /// stored): the next one starts where it ended.
     fn advance(&mut self, pipeline: &Pipeline) {
+        self.state.advance();
         for source in pipeline.sources.iter().filter(|s| s.source.is_stream()) {
             if let Some(position) = self.positions.get_mut(&source.step.index) {
                 position.resume.marks.extend(source.marks.iter().cloned());
@@ -239,6 +412,8 @@ pub struct BatchReport {
     pub duration: Duration,
     /// Time the sinks took to commit, once everything was staged.
     pub commit: Option<Duration>,
+    /// Rows behind the watermark (set apart: to `lateDataPath` if set).
+    pub late_rows: u64,
 }
 
 /// How a streaming run ended.
@@ -299,7 +474,8 @@ pub async fn run_stream(
             };
             state.advance(&pipeline);
             summary.batches += 1;
-            let report = batch_report(summary.batches, &run, &streams, batch_started).await?;
+            let mut report = batch_report(summary.batches, &run, &streams, batch_started).await?;
+            report.late_rows = state.state.late_rows();
             summary.rows_in += report.rows_in;
             summary.rows_out += report.rows_out;
             on_batch(&report);
@@ -372,6 +548,7 @@ async fn batch_report(
         sources,
         duration,
         commit: run.commit,
+        late_rows: 0,
     })
 }
 

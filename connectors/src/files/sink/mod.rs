@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dataflow_engine::commit::{CommitAbandoned, CommitGate};
-use dataflow_engine::connector::{BoxError, Sink, SinkReport, WriteContext};
+use dataflow_engine::connector::{BoxError, InputError, LoadInput, Sink, SinkReport, WriteContext};
 use dataflow_engine::spec::StepInfo;
 use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::common::config::{
@@ -328,6 +328,18 @@ fn requested_partitions(plan: &LogicalPlan) -> Option<usize> {
 
 #[async_trait]
 impl Sink for FileSink {
+    /// Files are only ever added: the changed or whole results of a
+    /// streaming aggregation (outputMode update, complete) cannot replace
+    /// earlier ones.
+    fn check_input(&self, input: &LoadInput<'_>) -> std::result::Result<(), InputError> {
+        match input.rewrite {
+            None => Ok(()),
+            Some(_) => Err(InputError::from(
+                "toFiles only adds files, so it cannot replace the groups a streaming aggregation rewrites (outputMode update or complete). Help: use toDeltaLake, or outputMode append with a watermark".to_string(),
+            )),
+        }
+    }
+
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
         let written = match &self.target {
             Target::Local(dir) => match self.skip_existing(local::has_data(dir))? {

@@ -1,0 +1,7 @@
+//! Stateful streaming: event time and watermarks, aggregations kept across
+//! micro-batches, and the snapshots that keep them consistent with the
+//! sinks under `checkpointLocation`.
+
+pub mod aggregate;
+pub mod event_time;
+pub mod store;
