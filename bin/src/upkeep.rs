@@ -31,9 +31,13 @@ pub struct VacuumArgs {
 
 /// Compacts the table's small files.
 pub async fn optimize(args: &OptimizeArgs) -> Result<()> {
-    let done = upkeep::optimize(&StorageOptions::default(), &args.path, args.target_file_size)
-        .await
-        .map_err(|e| failed("optimizing", &args.path, e))?;
+    let done = upkeep::optimize(
+        &StorageOptions::default(),
+        &args.path,
+        args.target_file_size,
+    )
+    .await
+    .map_err(|e| failed("optimizing", &args.path, e))?;
     println!(
         "{}: {} small files compacted into {} (version {})",
         args.path, done.removed, done.added, done.version
@@ -45,15 +49,30 @@ pub async fn optimize(args: &OptimizeArgs) -> Result<()> {
 pub async fn vacuum(args: &VacuumArgs) -> Result<()> {
     let retention = match args.retention {
         None => None,
-        Some(hours) if hours >= 0.0 && hours.is_finite() => Some(Duration::from_secs_f64(hours * 3600.0)),
+        Some(hours) if hours >= 0.0 && hours.is_finite() => {
+            Some(Duration::from_secs_f64(hours * 3600.0))
+        }
         Some(hours) => {
-            return Err(Error::config("--retention", None, format!("{hours} is not a number of hours ≥ 0")))
+            return Err(Error::config(
+                "--retention",
+                None,
+                format!("{hours} is not a number of hours ≥ 0"),
+            ))
         }
     };
-    let done = upkeep::vacuum(&StorageOptions::default(), &args.path, retention, args.dry_run)
-        .await
-        .map_err(|e| failed("vacuuming", &args.path, e))?;
-    let verb = if done.dry_run { "would delete" } else { "deleted" };
+    let done = upkeep::vacuum(
+        &StorageOptions::default(),
+        &args.path,
+        retention,
+        args.dry_run,
+    )
+    .await
+    .map_err(|e| failed("vacuuming", &args.path, e))?;
+    let verb = if done.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
     for file in &done.files {
         println!("{file}");
     }

@@ -16,6 +16,7 @@ fn every_example_pipeline_has_a_test() {
     assert_eq!(
         names,
         [
+            "click-windows.json",
             "customer-report.json",
             "debezium-to-delta.json",
             "merge-customer-changes.json",
@@ -28,7 +29,8 @@ fn every_example_pipeline_has_a_test() {
         ],
         "a new example pipeline needs a test in this file (the Spark app's \
          examples, which need Vault, S3 and Kafka or PostgreSQL, are tested in \
-         object_store.rs; the merge examples in merge.rs)"
+         object_store.rs; the merge examples in merge.rs; the stateful stream in \
+         stateful.rs)"
     );
 }
 

@@ -122,7 +122,11 @@ impl Pipeline {
                     detail: String::new(),
                 };
                 // A load step's sink, or the late rows of a watermark step.
-                let load = self.loads.iter().zip(&loads).find(|(l, _)| l.step.index == step.index);
+                let load = self
+                    .loads
+                    .iter()
+                    .zip(&loads)
+                    .find(|(l, _)| l.step.index == step.index);
                 if let Some((load, (sink, took))) = load {
                     report.rows = Some(sink.rows);
                     report.bytes = Some(sink.bytes);

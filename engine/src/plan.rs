@@ -18,14 +18,14 @@ use datafusion::logical_expr::LogicalPlan;
 
 use crate::cache::{cached_table, CacheState};
 use crate::connector::{LoadInput, Registry, Rewrite, Sink, Source};
-use crate::state::aggregate::{key_columns, stream_aggregates, StatefulAggregate};
-use crate::transform::{late_data_load, Watermark, WITH_WATERMARK};
 use crate::error::{Error, Result, StepRef};
 use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
 use crate::spec::StorageLevel;
 use crate::spec::{Mode, OutputMode, PipelineSpec, StepInfo, StepKind};
+use crate::state::aggregate::{key_columns, stream_aggregates, StatefulAggregate};
 use crate::transform;
+use crate::transform::{late_data_load, Watermark, WITH_WATERMARK};
 
 /// A load step ready to run: its sink and the plan that feeds it.
 #[derive(Debug)]
@@ -168,11 +168,18 @@ pub(crate) async fn compile(
     let mut late_sinks = HashMap::new();
     for info in &spec.steps {
         if let Some(late) = late_data_load(info)? {
-            late_sinks.insert(info.step.index, (late.step.clone(), opening.sink(&late, registry)?));
+            late_sinks.insert(
+                info.step.index,
+                (late.step.clone(), opening.sink(&late, registry)?),
+            );
         }
     }
     let mut sinks = sinks;
-    sinks.extend(late_sinks.iter().map(|(index, (_, sink))| (*index, sink.clone())));
+    sinks.extend(
+        late_sinks
+            .iter()
+            .map(|(index, (_, sink))| (*index, sink.clone())),
+    );
     let mut compiler = Compiler {
         spec,
         registry,
@@ -309,7 +316,10 @@ impl Compiler<'_> {
             return Ok(frame);
         }
         if self.watermark.is_some() {
-            return Err(info.error("column", "a pipeline has one watermark; remove the second withWatermark step"));
+            return Err(info.error(
+                "column",
+                "a pipeline has one watermark; remove the second withWatermark step",
+            ));
         }
         let watermark = transform::watermark(info)?;
         let (frame, late) = self
@@ -332,7 +342,11 @@ impl Compiler<'_> {
     /// `input` of load `info`, with a streaming aggregation it holds kept
     /// across micro-batches; how its rows replace earlier ones. Checks
     /// what `validate` can: the output mode, the watermark, the checkpoint.
-    async fn stateful(&mut self, info: &StepInfo, input: DataFrame) -> Result<(DataFrame, Option<Rewrite>)> {
+    async fn stateful(
+        &mut self,
+        info: &StepInfo,
+        input: DataFrame,
+    ) -> Result<(DataFrame, Option<Rewrite>)> {
         if self.spec.mode != Mode::Streaming {
             return Ok((input, None));
         }
@@ -354,6 +368,9 @@ impl Compiler<'_> {
             path: format!("steps[{}]", info.step.index),
             source: e,
         })?;
+        if mode == OutputMode::Update && aggregate.session_key().is_some() {
+            return Err(error("a session window's start moves as later rows join it, so outputMode update cannot merge it on its keys. Help: use append (a session is written once it closes) or complete".into()));
+        }
         if mode == OutputMode::Append && !aggregate.has_event_time() {
             return Err(error("outputMode append writes each group once, when the watermark passes it: it needs withWatermark on the event-time column and GROUP BY window(...) (or the column) over it. Help: add them, or use outputMode update or complete".into()));
         }

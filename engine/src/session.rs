@@ -23,13 +23,13 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
-use crate::window::window_functions;
 use crate::connector::{BoxError, Registry};
 use crate::error::{Error, Result};
 use crate::scan_statistics;
 use crate::spec::{MemoryLimit, StorageOptions};
 use crate::spillable_join::SpillableJoins;
 use crate::storage::Stores;
+use crate::window::window_functions;
 
 /// The share of the machine's memory a run may use when neither
 /// `--memory-limit` nor `"memoryLimit"` says otherwise, in percent.

@@ -11,11 +11,11 @@ use datafusion::logical_expr::{col, Expr, Partitioning};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::window::rewrite_windows;
-use datafusion::sql::parser::Statement as DFStatement;
-use crate::spec::{parse_duration, Mode, StepInfo, StepKind};
-use datafusion::arrow::datatypes::DataType;
 use crate::spec::StorageLevel;
+use crate::spec::{parse_duration, Mode, StepInfo, StepKind};
+use crate::window::rewrite_windows;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::sql::parser::Statement as DFStatement;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,8 +103,12 @@ pub(crate) struct Watermark {
 /// The settings of `withWatermark` step `info`.
 pub(crate) fn watermark(info: &StepInfo) -> Result<Watermark> {
     let cfg: WatermarkConfig = info.parse()?;
-    let delay = parse_duration(&cfg.delay)
-        .ok_or_else(|| info.error("delay", format!("\"{}\" is not a duration such as \"10 minutes\"", cfg.delay)))?;
+    let delay = parse_duration(&cfg.delay).ok_or_else(|| {
+        info.error(
+            "delay",
+            format!("\"{}\" is not a duration such as \"10 minutes\"", cfg.delay),
+        )
+    })?;
     Ok(Watermark {
         column: cfg.column,
         delay,
@@ -128,7 +132,8 @@ pub(crate) fn late_data_load(info: &StepInfo) -> Result<Option<StepInfo>> {
         "lateData of {}",
         info.step.name.as_deref().unwrap_or(WITH_WATERMARK)
     ));
-    load.config = serde_json::Map::from_iter([("path".to_string(), serde_json::Value::String(path))]);
+    load.config =
+        serde_json::Map::from_iter([("path".to_string(), serde_json::Value::String(path))]);
     Ok(Some(load))
 }
 
@@ -221,7 +226,11 @@ async fn sql(ctx: &SessionContext, info: &StepInfo) -> Result<Transformed> {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    plain(plan_sql(ctx, &cfg.query, options).await.map_err(plan_err(info, "query"))?)
+    plain(
+        plan_sql(ctx, &cfg.query, options)
+            .await
+            .map_err(plan_err(info, "query"))?,
+    )
 }
 
 /// Plans `query` with Spark's event-time windows (see [`rewrite_windows`]).
@@ -346,7 +355,12 @@ fn cache(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
 /// apart when a stateful operator reads them (see `state::event_time`).
 fn with_watermark(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
     let watermark = watermark(info)?;
-    check_columns_exist(info, &input, std::slice::from_ref(&watermark.column), "column")?;
+    check_columns_exist(
+        info,
+        &input,
+        std::slice::from_ref(&watermark.column),
+        "column",
+    )?;
     let field = input
         .schema()
         .field_with_unqualified_name(&watermark.column)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
@@ -298,4 +299,29 @@ pub fn parse(text: &str) -> Samples {
         samples.insert(canonical(series), value);
     }
     Samples(samples)
+}
+
+/// One string column of `sql` over the Delta table at `path` (as `t`), at
+/// `version` or the latest.
+pub async fn delta_lines(path: &Path, version: Option<u64>, sql: &str) -> Vec<String> {
+    let mut table = delta_table(path).await;
+    if let Some(version) = version {
+        table.load_version(version).await.unwrap();
+    }
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut lines = Vec::new();
+    for batch in batches {
+        let column = datafusion::arrow::compute::cast(
+            batch.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let strings = column.as_any().downcast_ref::<StringArray>().unwrap();
+        lines.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
+    }
+    lines
 }

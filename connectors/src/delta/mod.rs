@@ -15,8 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
-use dataflow_engine::connector::{Rewrite, 
-    BoxError, InputError, LoadInput, Mark, Opened, Resume, Sink, SinkReport, Source, WriteContext,
+use dataflow_engine::connector::{
+    BoxError, InputError, LoadInput, Mark, Opened, Resume, Rewrite, Sink, SinkReport, Source,
+    WriteContext,
 };
 use dataflow_engine::spec::{Mode, StepInfo, StorageOptions};
 use datafusion::arrow::array::RecordBatch;
@@ -273,8 +274,16 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         return Err(info.error("checkpointInterval", "must be at least 1"));
     }
     let upkeep = Upkeep {
-        optimize: config.optimize.as_ref().map(|c| Every::parse(info, "optimize", c)).transpose()?,
-        vacuum: config.vacuum.as_ref().map(|c| Every::parse(info, "vacuum", c)).transpose()?,
+        optimize: config
+            .optimize
+            .as_ref()
+            .map(|c| Every::parse(info, "optimize", c))
+            .transpose()?,
+        vacuum: config
+            .vacuum
+            .as_ref()
+            .map(|c| Every::parse(info, "vacuum", c))
+            .transpose()?,
     };
     Ok(Arc::new(DeltaSink {
         upkeep,
@@ -660,7 +669,12 @@ impl Sink for DeltaSink {
             if let Some(table) = open_existing(&self.storage, self.path(), None).await? {
                 let version = table.version().unwrap_or_default();
                 self.upkeep
-                    .after_commit(&self.storage, self.path(), version, self.config.target_file_size)
+                    .after_commit(
+                        &self.storage,
+                        self.path(),
+                        version,
+                        self.config.target_file_size,
+                    )
                     .await;
             }
         }

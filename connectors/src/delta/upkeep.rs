@@ -37,7 +37,11 @@ pub struct Vacuumed {
 
 /// Compacts the small files of the table at `path` into files of about
 /// `target_size` bytes (delta-rs's default: 100 MiB).
-pub async fn optimize(storage: &StorageOptions, path: &str, target_size: Option<u64>) -> Result<Compacted> {
+pub async fn optimize(
+    storage: &StorageOptions,
+    path: &str,
+    target_size: Option<u64>,
+) -> Result<Compacted> {
     let table = existing(storage, path).await?;
     let mut builder = table.optimize();
     if let Some(size) = target_size.and_then(NonZeroU64::new) {
@@ -61,7 +65,10 @@ pub async fn vacuum(
     dry_run: bool,
 ) -> Result<Vacuumed> {
     let table = existing(storage, path).await?;
-    let mut builder = table.vacuum().with_dry_run(dry_run).with_enforce_retention_duration(true);
+    let mut builder = table
+        .vacuum()
+        .with_dry_run(dry_run)
+        .with_enforce_retention_duration(true);
     if let Some(retention) = retention {
         let retention = chrono::Duration::from_std(retention)
             .map_err(|_| ConnectorError::Rejected("the retention is too long".into()))?;
@@ -75,9 +82,9 @@ pub async fn vacuum(
 }
 
 async fn existing(storage: &StorageOptions, path: &str) -> Result<deltalake::DeltaTable> {
-    open_existing(storage, path, None).await?.ok_or_else(|| {
-        ConnectorError::Rejected(format!("there is no Delta table at \"{path}\""))
-    })
+    open_existing(storage, path, None)
+        .await?
+        .ok_or_else(|| ConnectorError::Rejected(format!("there is no Delta table at \"{path}\"")))
 }
 
 /// `toDeltaLake`'s `optimize` / `vacuum`: when a long-running writer runs
@@ -105,19 +112,28 @@ pub(crate) struct Every {
 
 impl Every {
     /// From the config at `key` of `info`.
-    pub(crate) fn parse(info: &StepInfo, key: &str, config: &EveryConfig) -> dataflow_engine::Result<Every> {
+    pub(crate) fn parse(
+        info: &StepInfo,
+        key: &str,
+        config: &EveryConfig,
+    ) -> dataflow_engine::Result<Every> {
         let interval = match &config.interval {
             None => None,
-            Some(text) => Some(
-                dataflow_engine::spec::parse_duration(text)
-                    .ok_or_else(|| info.error(key, format!("interval \"{text}\" is not a duration such as \"1 hour\"")))?,
-            ),
+            Some(text) => Some(dataflow_engine::spec::parse_duration(text).ok_or_else(|| {
+                info.error(
+                    key,
+                    format!("interval \"{text}\" is not a duration such as \"1 hour\""),
+                )
+            })?),
         };
         if config.every_commits == Some(0) {
             return Err(info.error(key, "everyCommits must be at least 1"));
         }
         if config.every_commits.is_none() && interval.is_none() {
-            return Err(info.error(key, "say when: everyCommits (e.g. 100) and/or interval (e.g. \"1 hour\")"));
+            return Err(info.error(
+                key,
+                "say when: everyCommits (e.g. 100) and/or interval (e.g. \"1 hour\")",
+            ));
         }
         let retention = match config.retention_hours {
             Some(hours) if key != "vacuum" => {
@@ -164,7 +180,13 @@ impl Upkeep {
     /// Runs what is due after the writer committed `version` of the table
     /// at `path`. A failure is logged, never the writer's: its batch is
     /// committed, and the next due time tries again.
-    pub(crate) async fn after_commit(&self, storage: &StorageOptions, path: &str, version: u64, target_size: Option<u64>) {
+    pub(crate) async fn after_commit(
+        &self,
+        storage: &StorageOptions,
+        path: &str,
+        version: u64,
+        target_size: Option<u64>,
+    ) {
         if self.optimize.as_ref().is_some_and(|e| e.due(version)) {
             match optimize(storage, path, target_size).await {
                 Ok(done) => tracing::info!(

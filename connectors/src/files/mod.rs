@@ -339,7 +339,12 @@ impl Source for FileSource {
         if !self.config.streaming {
             return Ok(HashMap::new());
         }
-        Ok(self.files().await?.into_iter().map(|f| (f.key, stream::READ)).collect())
+        Ok(self
+            .files()
+            .await?
+            .into_iter()
+            .map(|f| (f.key, stream::READ))
+            .collect())
     }
 
     async fn open(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {

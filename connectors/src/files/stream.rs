@@ -16,7 +16,9 @@ use std::sync::Arc;
 use dataflow_engine::connector::{BoxError, Opened, Resume};
 use dataflow_engine::spec::StepInfo;
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionState;
 use futures::TryStreamExt;
@@ -44,7 +46,10 @@ pub(super) fn check(info: &StepInfo, config: &FromFilesConfig) -> dataflow_engin
             ("latestFirst", config.latest_first),
         ];
         if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
-            return Err(info.error(key, "applies to a file stream only; set \"streaming\": true"));
+            return Err(info.error(
+                key,
+                "applies to a file stream only; set \"streaming\": true",
+            ));
         }
         return Ok(());
     }
@@ -106,7 +111,11 @@ impl FileSource {
 
     /// The next micro-batch: the files not read yet (within `resume.until`
     /// under availableNow), at most `maxFilesPerTrigger` of them.
-    pub(super) async fn open_stream(&self, state: &SessionState, resume: &Resume) -> Result<Opened, BoxError> {
+    pub(super) async fn open_stream(
+        &self,
+        state: &SessionState,
+        resume: &Resume,
+    ) -> Result<Opened, BoxError> {
         let files = self.files().await?;
         let mut pending: Vec<StreamFile> = files
             .into_iter()
@@ -116,7 +125,10 @@ impl FileSource {
         if let (true, Some(limit)) = (resume.micro_batch, self.config.max_files_per_trigger) {
             pending.truncate(limit);
         }
-        let schema = self.given_schema(state).await?.expect("checked: a stream has a schema");
+        let schema = self
+            .given_schema(state)
+            .await?
+            .expect("checked: a stream has a schema");
         let provider: Arc<dyn TableProvider> = if pending.is_empty() {
             Arc::new(MemTable::try_new(schema, vec![vec![]])?)
         } else {
@@ -130,7 +142,10 @@ impl FileSource {
         Ok(Opened {
             provider,
             marks: pending.iter().map(|f| (f.key.clone(), READ)).collect(),
-            start: pending.iter().map(|f| (f.key.clone(), 0)).collect::<HashMap<_, _>>(),
+            start: pending
+                .iter()
+                .map(|f| (f.key.clone(), 0))
+                .collect::<HashMap<_, _>>(),
         })
     }
 }

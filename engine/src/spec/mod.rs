@@ -31,8 +31,8 @@ use secrets::Fetched;
 pub use step::StepInfo;
 pub use storage::{parse_location, StorageOptions, SCHEMES};
 pub use storage_level::StorageLevel;
-pub use trigger::Trigger;
 pub use trigger::parse_duration;
+pub use trigger::Trigger;
 
 /// A validated pipeline: what its JSON file says, checked and parsed.
 #[derive(Debug, Clone)]
@@ -488,9 +488,18 @@ mod tests {
         let spec = with("streaming", "Update").unwrap();
         assert!(!spec.steps[1].config.contains_key("outputMode"));
         assert_eq!(spec.output_mode, OutputMode::Update);
-        assert_eq!(with("streaming", "complete").unwrap().output_mode, OutputMode::Complete);
-        assert_eq!(with("batch", "append").unwrap().output_mode, OutputMode::Append);
-        for (pipeline_mode, mode, says) in [("streaming", "sideways", "must be"), ("batch", "update", "streaming aggregations")] {
+        assert_eq!(
+            with("streaming", "complete").unwrap().output_mode,
+            OutputMode::Complete
+        );
+        assert_eq!(
+            with("batch", "append").unwrap().output_mode,
+            OutputMode::Append
+        );
+        for (pipeline_mode, mode, says) in [
+            ("streaming", "sideways", "must be"),
+            ("batch", "update", "streaming aggregations"),
+        ] {
             match with(pipeline_mode, mode).unwrap_err() {
                 Error::Config { path, message, .. } => {
                     assert_eq!(path, "steps[1].config.outputMode");

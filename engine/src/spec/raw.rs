@@ -11,7 +11,9 @@ use super::secrets::{Credentials, CREDENTIAL_PATH};
 use super::step::StepInfo;
 use super::storage::{parse_location, StorageOptions};
 use super::trigger::Trigger;
-use super::{Backoff, OutputMode, CatchUp, EnvValues, MemoryLimit, Mode, Overlap, StepKind, StorageLevel};
+use super::{
+    Backoff, CatchUp, EnvValues, MemoryLimit, Mode, OutputMode, Overlap, StepKind, StorageLevel,
+};
 use crate::error::{Error, Result, StepRef};
 
 /// Keys of a load step's config that are the pipeline's streaming settings.

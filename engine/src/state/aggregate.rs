@@ -24,11 +24,14 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{plan_err, Column, DFSchemaRef, Result, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider, MemTable};
 use datafusion::execution::context::SessionContext;
-use datafusion::functions::core::expr_fn::{coalesce, get_field};
+use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
 use datafusion::functions_aggregate::expr_fn::{bool_or, count, max, min, sum};
-use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::functions_aggregate::min_max::max_udaf;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
 use datafusion::logical_expr::{
-    cast, col, lit, Aggregate, Expr, LogicalPlan, LogicalPlanBuilder,
+    cast, col, lit, when, Aggregate, AggregateUDF, Expr, ExprFunctionExt, LogicalPlan,
+    LogicalPlanBuilder, WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
 };
 
 use crate::spec::OutputMode;
@@ -70,7 +73,10 @@ pub fn stream_aggregates(
     let mut found = Vec::new();
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(aggregate) = node {
-            if reads_stream(&aggregate.input, streams) && !has_stream_aggregate(&aggregate.input, streams) {
+            let lowest = reads_stream(&aggregate.input, streams)
+                && !has_stream_aggregate(&aggregate.input, streams);
+            // A view read twice (e.g. a CTE joined with itself) is one aggregation.
+            if lowest && !found.contains(aggregate) {
                 found.push(aggregate.clone());
             }
         }
@@ -165,7 +171,9 @@ impl StatefulAggregate {
             let params = &function.params;
             let name = function.func.name().to_ascii_lowercase();
             let kind = Kind::of(&name).filter(|_| {
-                !params.distinct && params.filter.is_none() && params.order_by.is_empty()
+                !params.distinct
+                    && params.filter.is_none()
+                    && params.order_by.is_empty()
                     && params.args.len() == 1
             });
             let Some(kind) = kind else {
@@ -214,8 +222,8 @@ impl StatefulAggregate {
                 partials.push(part.alias(part_name(k, i)));
             }
         }
-        let builder =
-            LogicalPlanBuilder::from(aggregate.input.as_ref().clone()).aggregate(groups, partials)?;
+        let builder = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+            .aggregate(groups, partials)?;
         let mut columns: Vec<Expr> = builder
             .schema()
             .fields()
@@ -244,23 +252,39 @@ impl StatefulAggregate {
                     Kind::Max => max(column),
                     Kind::Count | Kind::Sum | Kind::Avg => sum(column),
                 };
-                let typed = schema.field_with_unqualified_name(&name)?.data_type().clone();
+                let typed = schema
+                    .field_with_unqualified_name(&name)?
+                    .data_type()
+                    .clone();
                 merges.push(cast(merged, typed).alias(name));
             }
         }
         merges.push(bool_or(col(TOUCHED)).alias(TOUCHED));
-        let state = LogicalPlanBuilder::scan("__state", provider_as_source(state), None)?.build()?;
-        LogicalPlanBuilder::from(partial)
-            .union(state)?
-            .aggregate(groups, merges)?
-            .build()
+        let state =
+            LogicalPlanBuilder::scan("__state", provider_as_source(state), None)?.build()?;
+        let union = LogicalPlanBuilder::from(partial).union(state)?;
+        match self.session_key() {
+            Some(j) => sessions_merged(union, j, groups, merges, &schema),
+            None => union.aggregate(groups, merges)?.build(),
+        }
+    }
+
+    /// The group key that is a session window, if any.
+    pub fn session_key(&self) -> Option<usize> {
+        self.event_time
+            .filter(|j| self.aggregate.schema.field(*j).name() == SESSION_WINDOW)
     }
 
     /// Rows of the merged state whose window the watermark `micros` passed.
     fn closed(&self, schema: &DFSchemaRef, micros: i64) -> Option<Expr> {
         let j = self.event_time?;
         let field = schema.field(j);
-        let watermark = |ts: &DataType| cast(lit(ScalarValue::TimestampMicrosecond(Some(micros), None)), ts.clone());
+        let watermark = |ts: &DataType| {
+            cast(
+                lit(ScalarValue::TimestampMicrosecond(Some(micros), None)),
+                ts.clone(),
+            )
+        };
         let key = col(Column::from_name(group_name(j)));
         Some(match field.data_type() {
             DataType::Struct(fields) => {
@@ -285,7 +309,9 @@ impl StatefulAggregate {
         let closed = watermark.and_then(|w| self.closed(&schema, w));
         let written = match (mode, &closed) {
             (OutputMode::Append, Some(closed)) => frame.clone().filter(closed.clone())?,
-            (OutputMode::Append, None) => return plan_err!("outputMode append needs a watermark over a GROUP BY key"),
+            (OutputMode::Append, None) => {
+                return plan_err!("outputMode append needs a watermark over a GROUP BY key")
+            }
             (OutputMode::Update, _) => frame.clone().filter(col(TOUCHED))?,
             (OutputMode::Complete, _) => frame.clone(),
         };
@@ -303,7 +329,10 @@ impl StatefulAggregate {
             .collect();
         columns.push(lit(false).alias(TOUCHED));
         let kept = kept.select(columns)?;
-        Ok((written.into_unoptimized_plan(), kept.into_unoptimized_plan()))
+        Ok((
+            written.into_unoptimized_plan(),
+            kept.into_unoptimized_plan(),
+        ))
     }
 
     /// The final values, named and typed as the aggregation's output.
@@ -313,7 +342,10 @@ impl StatefulAggregate {
         let mut exprs = Vec::new();
         for j in 0..groups {
             let (qualifier, field) = schema.qualified_field(j);
-            exprs.push(col(Column::from_name(group_name(j))).alias_qualified(qualifier.cloned(), field.name()));
+            exprs.push(
+                col(Column::from_name(group_name(j)))
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            );
         }
         for (k, kind) in self.kinds.iter().enumerate() {
             let (qualifier, field) = schema.qualified_field(groups + k);
@@ -323,23 +355,111 @@ impl StatefulAggregate {
                 Kind::Avg => cast(part(0), DataType::Float64) / cast(part(1), DataType::Float64),
                 Kind::Sum | Kind::Min | Kind::Max => part(0),
             };
-            exprs.push(cast(value, field.data_type().clone()).alias_qualified(qualifier.cloned(), field.name()));
+            exprs.push(
+                cast(value, field.data_type().clone())
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            );
         }
         exprs
     }
 }
 
-/// `plan` (views inlined) with `aggregate` replaced by `output` (which has
-/// its schema), the schemas above recomputed.
-pub fn replace_aggregate(plan: &LogicalPlan, aggregate: &Aggregate, output: LogicalPlan) -> Result<LogicalPlan> {
+/// Sessions merged across batches: per value of the other keys, ordered
+/// by start, a session overlapping the ones before it (it starts before
+/// their greatest end) joins them; the merged session runs from the first
+/// start to the greatest end, its partial results merged (`merges`).
+fn sessions_merged(
+    union: LogicalPlanBuilder,
+    j: usize,
+    groups: Vec<Expr>,
+    merges: Vec<Expr>,
+    schema: &DFSchemaRef,
+) -> Result<LogicalPlan> {
+    let session = groups[j].clone();
+    let keys: Vec<Expr> = groups
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != j)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let (start, end) = (
+        get_field(session.clone(), "start"),
+        get_field(session, "end"),
+    );
+    let window = |function: Arc<AggregateUDF>, arg: Expr, frame_end: WindowFrameBound| {
+        Expr::from(WindowFunction::new(
+            WindowFunctionDefinition::AggregateUDF(function),
+            vec![arg],
+        ))
+        .partition_by(keys.clone())
+        .order_by(vec![start.clone().sort(true, false)])
+        .window_frame(WindowFrame::new_bounds(
+            WindowFrameUnits::Rows,
+            WindowFrameBound::Preceding(ScalarValue::UInt64(None)),
+            frame_end,
+        ))
+        .build()
+    };
+    let previous_end = window(
+        max_udaf(),
+        end.clone(),
+        WindowFrameBound::Preceding(ScalarValue::UInt64(Some(1))),
+    )?;
+    let starts_anew = when(
+        col("__previous_end")
+            .is_null()
+            .or(start.clone().gt_eq(col("__previous_end"))),
+        lit(1i64),
+    )
+    .otherwise(lit(0i64))?;
+    let island = window(sum_udaf(), starts_anew, WindowFrameBound::CurrentRow)?;
+    let mut by = keys.clone();
+    by.push(col("__island"));
+    let mut aggregates = vec![min(start).alias("__first"), max(end).alias("__last")];
+    aggregates.extend(merges);
+    let merged = union
+        .window(vec![previous_end.alias("__previous_end")])?
+        .window(vec![island.alias("__island")])?
+        .aggregate(by, aggregates)?;
+    // Back to the partial's columns, in its order.
+    let ts = match schema.field(j).data_type() {
+        DataType::Struct(fields) => fields[0].data_type().clone(),
+        other => other.clone(),
+    };
+    let columns: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            if i == j {
+                named_struct(vec![
+                    lit("start"),
+                    cast(col("__first"), ts.clone()),
+                    lit("end"),
+                    cast(col("__last"), ts.clone()),
+                ])
+                .alias(field.name())
+            } else {
+                col(Column::from_name(field.name()))
+            }
+        })
+        .collect();
+    merged.project(columns)?.build()
+}
+
+/// `plan` (views inlined) with `aggregate` (wherever it appears) replaced
+/// by `output` (which has its schema), the schemas above recomputed.
+pub fn replace_aggregate(
+    plan: &LogicalPlan,
+    aggregate: &Aggregate,
+    output: LogicalPlan,
+) -> Result<LogicalPlan> {
     let plan = inline_views(plan.clone())?;
-    let mut output = Some(output);
     plan.transform_up(|node| match &node {
-        LogicalPlan::Aggregate(a) if a == aggregate => match output.take() {
-            Some(output) => Ok(Transformed::yes(output)),
-            None => Ok(Transformed::no(node)),
-        },
-        LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(Transformed::no(node)),
+        LogicalPlan::Aggregate(a) if a == aggregate => Ok(Transformed::yes(output.clone())),
+        LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+            Ok(Transformed::no(node))
+        }
         _ => Ok(Transformed::yes(node.recompute_schema()?)),
     })
     .map(|t| t.data)
@@ -410,7 +530,10 @@ pub fn state_table(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<M
                 schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>()
             );
         }
-        checked.push(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?);
+        checked.push(RecordBatch::try_new(
+            schema.clone(),
+            batch.columns().to_vec(),
+        )?);
     }
     Ok(Arc::new(MemTable::try_new(schema, vec![checked])?))
 }

@@ -126,7 +126,13 @@ impl StateStore {
             .map_err(|e| self.error("listing", e))?;
         let mut sequences: Vec<u64> = listed
             .iter()
-            .filter_map(|meta| meta.location.filename()?.strip_suffix(".arrow")?.parse().ok())
+            .filter_map(|meta| {
+                meta.location
+                    .filename()?
+                    .strip_suffix(".arrow")?
+                    .parse()
+                    .ok()
+            })
             .collect();
         sequences.sort_unstable();
         Ok(sequences)
@@ -174,7 +180,10 @@ fn encode(snapshot: &Snapshot) -> std::result::Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::new();
     let mut writer = FileWriter::try_new(&mut bytes, &schema).map_err(|e| wrap(e.into()))?;
     for batch in &snapshot.batches {
-        let batch = batch.clone().with_schema(schema.clone()).map_err(|e| wrap(e.into()))?;
+        let batch = batch
+            .clone()
+            .with_schema(schema.clone())
+            .map_err(|e| wrap(e.into()))?;
         writer.write(&batch).map_err(|e| wrap(e.into()))?;
     }
     writer.finish().map_err(|e| wrap(e.into()))?;
@@ -190,7 +199,10 @@ fn decode(sequence: u64, bytes: Vec<u8>) -> std::result::Result<Snapshot, CodecE
     let marks = metadata.remove(MARKS).unwrap_or_else(|| "{}".into());
     let marks = serde_json::from_str(&marks).map_err(|e| wrap(e.into()))?;
     let watermark = match metadata.remove(WATERMARK) {
-        Some(text) => Some(text.parse().map_err(|e: std::num::ParseIntError| wrap(e.into()))?),
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e: std::num::ParseIntError| wrap(e.into()))?,
+        ),
         None => None,
     };
     let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));

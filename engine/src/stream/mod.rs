@@ -15,11 +15,14 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::Mark;
 use crate::connector::{Registry, Resume, Sink, Source};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
-use crate::connector::Mark;
 use crate::plan::{build_sink, build_source, Opening, StatefulLoad};
+use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
+use crate::run::RunSummary;
+use crate::spec::{PipelineSpec, StepInfo, StepKind, Trigger};
 use crate::state::aggregate::{empty_state, replace_aggregate, state_table};
 use crate::state::event_time::{late, on_time, Tracker};
 use crate::state::store::{Snapshot, StateStore};
@@ -27,9 +30,6 @@ use crate::transform::{Watermark, LATE_REASON};
 use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{col, lit, LogicalPlan};
-use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
-use crate::run::RunSummary;
-use crate::spec::{PipelineSpec, StepInfo, StepKind, Trigger};
 
 /// How long an idle stream waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -77,7 +77,12 @@ struct KeptState {
 
 impl KeptState {
     /// Loads the state that matches where `sources` resume, once.
-    async fn load(&mut self, checkpoint: Option<&str>, sources: &[OpenedSource], ctx: &SessionContext) -> Result<()> {
+    async fn load(
+        &mut self,
+        checkpoint: Option<&str>,
+        sources: &[OpenedSource],
+        ctx: &SessionContext,
+    ) -> Result<()> {
         let (None, Some(dir)) = (&self.store, checkpoint) else {
             return Ok(());
         };
@@ -114,7 +119,12 @@ impl KeptState {
     /// Runs `load`'s aggregation over this batch and the kept state; writes
     /// the new state's snapshot (before any sink commits) and returns the
     /// rows the output mode writes, in place of the aggregation.
-    async fn aggregate(&mut self, load: &StatefulLoad<'_>, input: &DataFrame, ctx: &SessionContext) -> Result<LogicalPlan> {
+    async fn aggregate(
+        &mut self,
+        load: &StatefulLoad<'_>,
+        input: &DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<LogicalPlan> {
         if let Some(tracker) = &self.tracker {
             tracker.activate();
         }
@@ -127,16 +137,25 @@ impl KeptState {
         };
         let merged = DataFrame::new(ctx.state(), aggregate.merged(partial, kept)?);
         let merged_schema = Arc::new(merged.schema().as_arrow().clone());
-        let merged = merged.collect().await.map_err(|e| Error::step(&load.info.step, e))?;
+        let merged = merged
+            .collect()
+            .await
+            .map_err(|e| Error::step(&load.info.step, e))?;
         let merged = Arc::new(MemTable::try_new(merged_schema, vec![merged])?);
         let watermark = self.watermark_after();
         let (written, kept) = aggregate.split(ctx, merged, load.mode, watermark)?;
         let kept = DataFrame::new(ctx.state(), kept);
         let schema = Arc::new(kept.schema().as_arrow().clone());
-        let batches = kept.collect().await.map_err(|e| Error::step(&load.info.step, e))?;
+        let batches = kept
+            .collect()
+            .await
+            .map_err(|e| Error::step(&load.info.step, e))?;
         let snapshot = Snapshot {
             sequence: self.committed.as_ref().map_or(0, |s| s.sequence) + 1,
-            marks: streaming(load.sources).flat_map(OpenedSource::reached).map(|m| (m.app_id, m.version)).collect(),
+            marks: streaming(load.sources)
+                .flat_map(OpenedSource::reached)
+                .map(|m| (m.app_id, m.version))
+                .collect(),
             watermark,
             batches,
             schema,
@@ -145,7 +164,11 @@ impl KeptState {
             store.write(&snapshot).await?;
         }
         self.pending = Some(snapshot);
-        Ok(replace_aggregate(input.logical_plan(), &aggregate.aggregate, written)?)
+        Ok(replace_aggregate(
+            input.logical_plan(),
+            &aggregate.aggregate,
+            written,
+        )?)
     }
 
     /// The batch committed: its state is the state.
@@ -236,12 +259,14 @@ impl Opening for StreamState {
         input: DataFrame,
         ctx: &SessionContext,
     ) -> Result<DataFrame> {
-        let new_data = streaming(load.sources)
-            .any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
+        let new_data =
+            streaming(load.sources).any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
         if !new_data {
             return Ok(input);
         }
-        self.state.load(self.checkpoint.as_deref(), load.sources, ctx).await?;
+        self.state
+            .load(self.checkpoint.as_deref(), load.sources, ctx)
+            .await?;
         let plan = self.state.aggregate(&load, &input, ctx).await?;
         Ok(DataFrame::new(ctx.state(), plan))
     }

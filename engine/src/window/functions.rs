@@ -88,7 +88,9 @@ fn duration_arg(
     };
     let duration = parse_duration(text).filter(|d| !d.is_zero());
     let Some(duration) = duration else {
-        return plan_err!("{name}: {what} '{text}' is not a positive duration such as '10 minutes'");
+        return plan_err!(
+            "{name}: {what} '{text}' is not a positive duration such as '10 minutes'"
+        );
     };
     let nanos = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
     let per_unit = match unit {
@@ -132,7 +134,12 @@ fn timestamps(args: &ScalarFunctionArgs) -> Result<(Int64Array, TimeUnit, usize)
 }
 
 /// Window structs from raw starts, with `ts`'s type.
-fn window_structs(starts: Vec<i64>, size: i64, ts: &DataType, nulls: Option<NullBuffer>) -> Result<StructArray> {
+fn window_structs(
+    starts: Vec<i64>,
+    size: i64,
+    ts: &DataType,
+    nulls: Option<NullBuffer>,
+) -> Result<StructArray> {
     let ends: Int64Array = starts.iter().map(|s| Some(s + size)).collect();
     let starts = Int64Array::from(starts);
     let columns: Vec<ArrayRef> = vec![cast(&starts, ts)?, cast(&ends, ts)?];
@@ -158,7 +165,9 @@ impl ScalarUDFImpl for WindowFunction {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(window_fields(&timestamp_arg(WINDOW, arg_types)?)))
+        Ok(DataType::Struct(window_fields(&timestamp_arg(
+            WINDOW, arg_types,
+        )?)))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -169,7 +178,10 @@ impl ScalarUDFImpl for WindowFunction {
                 "window: a sliding window puts a row in several windows, which only GROUP BY window(...) can do"
             );
         }
-        let starts = raw.iter().map(|t| t.map_or(0, |t| windows.last_start(t))).collect();
+        let starts = raw
+            .iter()
+            .map(|t| t.map_or(0, |t| windows.last_start(t)))
+            .collect();
         let ts = args.arg_fields[0].data_type();
         let structs = window_structs(starts, windows.size, ts, raw.nulls().cloned())?;
         Ok(ColumnarValue::Array(Arc::new(structs)))

@@ -248,7 +248,9 @@ mod tests {
 
     #[test]
     fn tumbling_window_becomes_a_column_of_the_relation() {
-        let sql = rewritten("SELECT window.start, count(*) FROM bids GROUP BY window(ts, '10 seconds'), auction");
+        let sql = rewritten(
+            "SELECT window.start, count(*) FROM bids GROUP BY window(ts, '10 seconds'), auction",
+        );
         assert_eq!(
             sql,
             "SELECT window.start, count(*) FROM (SELECT *, window(ts, '10 seconds') AS window FROM bids WHERE ts IS NOT NULL) AS bids GROUP BY window, auction"
@@ -257,7 +259,9 @@ mod tests {
 
     #[test]
     fn sliding_window_unnests_every_window() {
-        let sql = rewritten("SELECT count(*) FROM bids b GROUP BY window(b.ts, '10 seconds', '2 seconds')");
+        let sql = rewritten(
+            "SELECT count(*) FROM bids b GROUP BY window(b.ts, '10 seconds', '2 seconds')",
+        );
         assert!(sql.contains("unnest(__sliding_windows(b.ts, '10 seconds', '2 seconds')) AS window FROM bids AS b"), "{sql}");
         assert!(sql.ends_with(") AS b GROUP BY window"), "{sql}");
     }
