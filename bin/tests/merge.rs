@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use dataflow_connectors::testing::{duckdb_lines, KafkaBroker};
-use datafusion::arrow::array::{Array, StringArray};
-use datafusion::prelude::SessionContext;
 
 fn broker() -> &'static KafkaBroker {
     KafkaBroker::shared()

@@ -159,7 +159,7 @@ impl Every {
     fn due(&self, version: u64) -> bool {
         let by_commits = self
             .commits
-            .is_some_and(|n| version > 0 && version % n == 0);
+            .is_some_and(|n| version > 0 && version.is_multiple_of(n));
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let by_time = self.interval.is_some_and(|i| last.elapsed() >= i);
         if by_commits || by_time {

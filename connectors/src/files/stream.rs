@@ -119,7 +119,7 @@ impl FileSource {
         let files = self.files().await?;
         let mut pending: Vec<StreamFile> = files
             .into_iter()
-            .filter(|f| !resume.marks.get(&f.key).is_some_and(|v| *v >= READ))
+            .filter(|f| resume.marks.get(&f.key).is_none_or(|v| *v < READ))
             .filter(|f| resume.until.is_empty() || resume.until.contains_key(&f.key))
             .collect();
         if let (true, Some(limit)) = (resume.micro_batch, self.config.max_files_per_trigger) {
