@@ -26,13 +26,24 @@ cost. Either way every version's commit file mtime is recorded too, so the
 report also gives produce -> committed (the pipeline's share, independent
 of the poller) and committed -> seen (the poller's share).
 
-Diagnostics (--diag, on by default): run-pipeline's stderr lines are
-stamped with the wall clock as they arrive; each `batch N:` line is joined
-with its Delta version (N-1) and that commit file's mtime and actions, and
-the report prints per-batch time (total, commit, before commit, after
+Diagnostics (on unless --no-diag): run-pipeline's stderr lines are stamped
+with the wall clock as they arrive; each `batch N:` line is joined with its
+Delta version (N-1) and that commit file's mtime and actions, and the
+report prints per-batch time (total, commit, before commit, after the
 commit until the line, gap to the next batch) by version ranges, the
-slowest batches, and the checkpoints written. WORK/batches.tsv has every
-batch (with --keep).
+slowest batches and the checkpoints written; with --run-args=-vv also the
+split of each batch into Kafka open / Delta table open / write / commit
+(from delta-rs's log lines). WORK/batches.tsv has every batch (--keep).
+CPU seconds of run-pipeline, tansu, producer and poller, and the load
+average, are printed: the machine has 2 cores for all four.
+
+Mind the broker: tansu 0.6's in-memory storage keeps one object per record
+batch and lists all of a partition's objects on every Fetch (and
+ListOffsets), so its cost grows with the record batches produced so far
+(linger 5 ms: ~90/s per partition). --probe-broker times, every 0.5 s, the
+calls the Kafka source makes to find the partitions' ends; with
+--no-pipeline it shows the broker alone. A larger --linger-ms (fewer,
+bigger batches) keeps the broker flat.
 
 Latency of a row = visible_ms - produced_ms (both clocks of this machine;
 the poll interval adds up to --poll-ms). Prints p50/p99/max over all rows
@@ -42,13 +53,14 @@ missing and duplicated rows, run-pipeline's batches and its peak RSS.
 Target (issue 14): p99 <= 2.5 s at 20 000 events/s.
 
 Usage: python3 bin/bench/stream_latency.py [--rate 20000] [--duration 60]
-       [--parts 4] [--trigger "processingTime=1 second"] [--poll-ms 50]
-       [--poll-mode deltalake|log] [--source-config JSON] [--sink-config JSON]
-       [--run-args "-vv --log-format json"] [--rust-log FILTER] [--binary PATH]
-       [--warmup 5] [--drain 30] [--peers-venv /tmp/peers-venv] [--keep]
-       [--json-out FILE]
+       [--parts 4] [--trigger "processingTime=1 second"] [--linger-ms 5]
+       [--poll-ms 50] [--poll-mode deltalake|log] [--source-config JSON]
+       [--sink-config JSON] [--run-args=-vv] [--rust-log FILTER]
+       [--binary PATH] [--warmup 5] [--drain 30] [--peers-venv /tmp/peers-venv]
+       [--keep] [--no-diag] [--json-out FILE] [--probe-broker] [--no-pipeline]
 e.g. --sink-config '{"checkpointInterval": 10}'
-     --source-config '{"maxOffsetsPerTrigger": 15000}'
+     --source-config '{"maxOffsetsPerTrigger": 25000}'
+     --trigger=processingTime=500ms
 
 Needs: a tansu binary ($TANSU_BIN, or see README), a release build of
 run-pipeline with stateful streaming (issue 14) and the peers venv of
@@ -196,7 +208,8 @@ def main():
             prod = json.loads(subprocess.run([py, me, "--peer", "produce", bootstrap, str(args.rate),
                                               str(args.duration), str(args.parts), str(args.linger_ms)],
                                              check=True, stdout=subprocess.PIPE, text=True).stdout)
-            print(f"produced {prod['events']:,} events in {prod['seconds']:.1f} s; tansu CPU "
+            print(f"produced {prod['events']:,} events in {prod['seconds']:.1f} s in {prod['record_batches']:,} "
+                  f"record batches; tansu CPU "
                   f"{cpu_seconds(broker.pid):.1f} s, producer {prod['cpu_s']:.1f} s")
             return
         config = pipeline_config(work, bootstrap, out, args)
@@ -217,7 +230,8 @@ def main():
                                    str(args.parts), str(args.linger_ms)], check=True, stdout=subprocess.PIPE, text=True)
         prod = json.loads(produced.stdout)
         print(f"produced {prod['events']:,} events in {prod['seconds']:.1f} s ({prod['events'] / prod['seconds']:,.0f}"
-              f"/s; target {args.rate:,}/s), at most {prod['max_behind_ms']} ms behind schedule",
+              f"/s; target {args.rate:,}/s), at most {prod['max_behind_ms']} ms behind schedule, "
+              f"in {prod['record_batches']:,} record batches",
               file=sys.stderr, flush=True)
         try:
             seen_out, _ = poller.communicate(timeout=args.drain)
@@ -461,6 +475,7 @@ def report(args, prod, seen, latencies_path, code, pipeline, commits, cpu, load,
                 "batch_max": max((b["total"] for b in batches), default=None),
                 "commit_mean": statistics.mean(b["commit"] for b in batches) if batches else None,
                 "checkpoints": sorted(commits["checkpoints"]), "load": load, "cpu": cpu,
+                "record_batches": prod.get("record_batches"), "linger_ms": args.linger_ms,
                 "missing": seen["missing"], "duplicates": seen["duplicates"], "work": work if args.keep else None,
             }) + "\n")
     problems = []
@@ -478,8 +493,14 @@ def produce(bootstrap, rate, duration, parts, linger_ms):
     """Produces RATE bids/s for DURATION s in 10 ms ticks (catching up when behind); prints a JSON summary."""
     import random
     from confluent_kafka import Producer
+    batches = [0]  # record batches sent (each one an object in tansu's memory storage)
+
+    def stats(text):
+        batches[0] += json.loads(text).get("topics", {}).get(TOPIC, {}).get("batchcnt", {}).get("cnt", 0)
+
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "enable.idempotence": True,
-                  "batch.size": 1000000, "queue.buffering.max.messages": 1000000})
+                  "batch.size": 1000000, "queue.buffering.max.messages": 1000000,
+                  "statistics.interval.ms": 1000, "stats_cb": stats})
     rng = random.Random(14)
     channels = ["Google", "Facebook", "Baidu", "Apple"]
     total = int(rate * duration)
@@ -510,10 +531,14 @@ def produce(bootstrap, rate, duration, parts, linger_ms):
             time.sleep(delay)
     if p.flush(60) != 0:
         raise SystemExit("produce: messages left undelivered after 60 s")
+    seconds = time.time() - start
+    time.sleep(1.1)
+    p.poll(0)  # the last statistics
     import resource
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"events": total, "seconds": time.time() - start, "start_ms": int(start * 1000),
-                      "max_behind_ms": int(behind * 1000), "cpu_s": usage.ru_utime + usage.ru_stime}))
+    print(json.dumps({"events": total, "seconds": seconds, "start_ms": int(start * 1000),
+                      "max_behind_ms": int(behind * 1000), "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "record_batches": batches[0]}))
 
 
 def commit_adds(path, version):

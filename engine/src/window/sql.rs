@@ -262,7 +262,12 @@ mod tests {
         let sql = rewritten(
             "SELECT count(*) FROM bids b GROUP BY window(b.ts, '10 seconds', '2 seconds')",
         );
-        assert!(sql.contains("unnest(__sliding_windows(b.ts, '10 seconds', '2 seconds')) AS window FROM bids AS b"), "{sql}");
+        assert!(
+            sql.contains(
+                "unnest(__sliding_windows(b.ts, '10 seconds', '2 seconds')) AS window FROM bids b"
+            ),
+            "{sql}"
+        );
         assert!(sql.ends_with(") AS b GROUP BY window"), "{sql}");
     }
 
