@@ -249,7 +249,7 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
                 r#"{"type": "load", "method": "toConsole", "config": {"outputMode": "complete"}}"#,
             ),
             "steps[1].config.outputMode",
-            "needs stateful streaming",
+            "apply to streaming aggregations",
         ),
         (
             "a number that is no number",

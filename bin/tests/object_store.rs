@@ -833,6 +833,51 @@ async fn exactly_once_into_an_s3_table_across_sigkills() {
     );
 }
 
+/// A stateful stream keeps its state under an S3 `checkpointLocation`: a
+/// second run completes the window the first left open (each 10 s window
+/// counts its 10 events, across the two runs).
+#[tokio::test]
+async fn stream_state_lives_under_an_s3_checkpoint() {
+    let (bucket, storage) = bucket("windows");
+    let store = s3().store(&bucket).unwrap();
+    let topic = unique("windows");
+    broker().create_topic(&topic, 1).unwrap();
+    let send = |seconds: std::ops::Range<i64>| {
+        let values: Vec<String> = seconds
+            .map(|s| format!(r#"{{"id": {s}, "ts": "2026-01-01 00:00:{s:02}"}}"#))
+            .collect();
+        let records: Vec<_> = values.iter().map(|v| (0, None, v.as_bytes())).collect();
+        broker().produce(&topic, &records).unwrap();
+    };
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"name": "s3-windows", "mode": "streaming", "trigger": "availableNow", "outputMode": "append",
+        "checkpointLocation": "s3://{bucket}/checkpoint", "storage": {storage}, "steps": [
+        {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{}", "topic": "{topic}",
+          "startingOffsets": "earliest", "format": "json", "schema": "id BIGINT, ts TIMESTAMP"}}}},
+        {{"type": "transform", "method": "withWatermark", "config": {{"column": "ts", "delay": "5 seconds", "registerAs": "events"}}}},
+        {{"type": "transform", "method": "sql", "config": {{"query": "SELECT window.start AS ws, count(*) AS n FROM events GROUP BY window(ts, '10 seconds')"}}}},
+        {{"type": "load", "method": "toDeltaLake", "config": {{"path": "s3://{bucket}/windows"}}}}
+    ]}}"#,
+        broker().bootstrap()
+    );
+    let file = write_config(out.path(), "windows.json", &config);
+    send(0..25);
+    run(out.path(), &["run", &file]).assert_ok();
+    send(25..60);
+    run(out.path(), &["run", &file]).assert_ok();
+    let rows = remote_delta_rows(
+        store.clone(),
+        &format!("s3://{bucket}/windows"),
+        None,
+        "SELECT count(*) AS windows, sum(n) AS events, min(n) AS least FROM t",
+    )
+    .await;
+    assert_eq!(rows[3], "| 5       | 50     | 10    |", "{rows:?}");
+    let state = keys(&store, "checkpoint/state").await;
+    assert!(state.iter().any(|k| k.ends_with(".arrow")), "{state:?}");
+}
+
 /// Dead letters go to a Delta table on S3 and the offset log of a files
 /// sink lives under an S3 `checkpointLocation`: a second run reads only
 /// what arrived since.

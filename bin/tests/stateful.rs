@@ -253,6 +253,41 @@ async fn late_rows_reach_the_late_data_table_with_their_reason() {
     assert_eq!(last["lateRows"], 7, "{last}");
 }
 
+/// Micro-batches that change no group (only late rows) in update mode
+/// still record their positions in the table (delta-rs makes no commit for
+/// a merge that changes nothing): a restart after them resumes with the
+/// right state.
+#[tokio::test]
+async fn batches_that_change_no_group_still_record_their_positions() {
+    let out = tempfile::tempdir().unwrap();
+    let input = out.path().join("in");
+    let all = events(29, 800);
+    let mut files = write_files(&input, &all[..400], 400, 0);
+    let late: Vec<Event> = (0..12)
+        .map(|i| Event {
+            id: 10_000 + i,
+            ts_ms: 1000 + i as i64,
+            user: "late".into(),
+            amount: 1,
+        })
+        .collect();
+    write_files(&input, &late, 3, 1);
+    let config = file_pipeline(out.path(), &input, TUMBLING, "update", "");
+    run(out.path(), &["run", &config]).assert_ok();
+    let table = out.path().join("table");
+    assert_eq!(
+        delta_table(&table).await.version(),
+        Some(4),
+        "a version per batch"
+    );
+    files.extend(write_files(&input, &all[400..], 400, 5));
+    run(out.path(), &["run", &config]).assert_ok();
+    assert_eq!(
+        table_lines(&table, None).await,
+        duckdb_windows(&files, 10, None)
+    );
+}
+
 /// Tumbling, sliding and session windows in a batch pipeline equal DuckDB's.
 #[tokio::test]
 async fn windows_in_a_batch_pipeline_equal_duckdb() {
@@ -314,8 +349,8 @@ fn duckdb_sessions(files: &[String], closed_by: Option<i64>) -> Vec<String> {
 
 /// A stateful Kafka → Delta stream SIGKILLed at random points over 12
 /// restarts while events flow: after a last drain, every closed window
-/// equals DuckDB's answer over all the events (none lost, none counted
-/// twice).
+/// equals DuckDB's answer over the events not behind the watermark, and
+/// those are in the late table (none lost, none counted twice).
 #[tokio::test]
 async fn a_stateful_kafka_stream_killed_over_and_over_ends_exact() {
     let broker = KafkaBroker::shared();
@@ -328,7 +363,8 @@ async fn a_stateful_kafka_stream_killed_over_and_over_ends_exact() {
         "checkpointLocation": "{dir}/checkpoint", "outputMode": "append", "steps": [
         {{"type": "extract", "method": "fromKafka", "config": {{"bootstrapServers": "{bootstrap}", "topic": "{topic}",
           "startingOffsets": "earliest", "format": "json", "schema": "{SCHEMA}", "maxOffsetsPerTrigger": 300, "registerAs": "raw"}}}},
-        {{"type": "transform", "method": "withWatermark", "config": {{"column": "ts", "delay": "5 seconds", "registerAs": "events"}}}},
+        {{"type": "transform", "method": "withWatermark", "config": {{"column": "ts", "delay": "5 seconds",
+          "lateDataPath": "{dir}/late", "registerAs": "events"}}}},
         {{"type": "transform", "method": "sql", "config": {{"query": "{TUMBLING}"}}}},
         {{"type": "load", "method": "toDeltaLake", "config": {{"path": "{dir}/table"}}}}
     ]}}"#,
@@ -370,7 +406,24 @@ async fn a_stateful_kafka_stream_killed_over_and_over_ends_exact() {
     std::fs::write(&file, drain).unwrap();
     run(out.path(), &["run", &file]).assert_ok();
 
-    let events_file = write_files(&out.path().join("all"), &all, all.len(), 0);
+    // Partitions read unevenly put some events behind the watermark: they
+    // are in the late table, once; every other event is in its window, once.
+    let late = delta_lines(
+        &out.path().join("late"),
+        None,
+        "SELECT CAST(id AS VARCHAR) FROM t",
+    )
+    .await;
+    let late_ids: std::collections::HashSet<usize> =
+        late.iter().map(|id| id.parse().unwrap()).collect();
+    assert_eq!(late_ids.len(), late.len(), "a late event written twice");
+    assert!(late.len() < all.len() / 20, "{} late events", late.len());
+    let on_time: Vec<Event> = all
+        .iter()
+        .filter(|e| !late_ids.contains(&e.id))
+        .cloned()
+        .collect();
+    let events_file = write_files(&out.path().join("all"), &on_time, on_time.len(), 0);
     let want = duckdb_windows(&events_file, 10, Some(final_watermark(&all)));
     assert_eq!(table_lines(&out.path().join("table"), None).await, want);
 }
@@ -421,6 +474,81 @@ async fn files_added_while_streaming_are_read_exactly_once() {
     .await;
     let n = all.len();
     assert_eq!(counts, vec![format!("{n}|{n}|{}", n * (n - 1) / 2)]);
+}
+
+/// `deduplicate` in a stream keeps the keys it saw across micro-batches
+/// and SIGKILLs: duplicates re-sent a few files later are dropped; with
+/// `withinWatermark` a key is forgotten once the watermark passes its first
+/// row's event time plus the delay, so a re-send long after passes again.
+#[tokio::test]
+async fn deduplicate_in_a_stream_drops_repeats_across_batches_and_kills() {
+    for within in [true, false] {
+        let out = tempfile::tempdir().unwrap();
+        let input = out.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        let original = events(23, 2000);
+        let mut rng = Rng(31);
+        // Every third event again, up to 40 events (1 s) after it.
+        let mut keyed: Vec<(usize, Event)> =
+            original.iter().map(|e| (2 * e.id, e.clone())).collect();
+        for e in original.iter().filter(|e| e.id % 3 == 0) {
+            let mut copy = e.clone();
+            copy.ts_ms += rng.below(2000) as i64;
+            keyed.push((2 * (e.id + 1 + rng.below(40) as usize) + 1, copy));
+        }
+        keyed.sort_by_key(|(at, _)| *at);
+        let mut sent: Vec<Event> = keyed.into_iter().map(|(_, e)| e).collect();
+        // Ids 0..5 again, with the last event time: long after the first.
+        let last = original.iter().map(|e| e.ts_ms).max().unwrap();
+        sent.extend(original[..5].iter().cloned().map(|mut e| {
+            e.ts_ms = last;
+            e
+        }));
+        let config = format!(
+            r#"{{"name": "dedup", "mode": "streaming", "trigger": "processingTime=100ms",
+            "checkpointLocation": "{dir}/checkpoint", "steps": [
+            {{"type": "extract", "method": "fromFiles", "config": {{"path": "{input}", "format": "json",
+              "streaming": true, "maxFilesPerTrigger": 1, "schema": "{SCHEMA}"}}}},
+            {{"type": "transform", "method": "withWatermark", "config": {{"column": "ts", "delay": "5 seconds"}}}},
+            {{"type": "transform", "method": "deduplicate", "config": {{"columns": ["id"], "withinWatermark": {within}}}}},
+            {{"type": "load", "method": "toDeltaLake", "config": {{"path": "{dir}/table"}}}}
+        ]}}"#,
+            dir = out.path().display(),
+            input = input.display()
+        );
+        let file = write_config(out.path(), "dedup.json", &config);
+        let mut rng = Rng(37);
+        for (round, chunk) in sent.chunks(500).enumerate() {
+            let mut child = cli(out.path())
+                .args(["run", "-q", &file])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            write_files(&input, chunk, 100, round * 5);
+            std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        let drain = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("processingTime=100ms", "availableNow");
+        std::fs::write(&file, drain).unwrap();
+        run(out.path(), &["run", &file]).assert_ok();
+        let n = original.len();
+        let again = if within { 5 } else { 0 };
+        let counts = delta_lines(
+            &out.path().join("table"),
+            None,
+            "SELECT concat_ws('|', count(*), count(DISTINCT id), count(*) FILTER (WHERE id < 5)) FROM t",
+        )
+        .await;
+        assert_eq!(
+            counts,
+            vec![format!("{}|{n}|{}", n + again, 5 + again)],
+            "withinWatermark {within}"
+        );
+    }
 }
 
 /// optimize every 3 commits beside a stream: fewer files, the same rows,
@@ -540,6 +668,7 @@ fn stateful_config_errors_are_reported_at_validate() {
         (TUMBLING, "update", "wm", "\"table\", \"saveMode\": \"overwrite\"", "remove saveMode", "saveMode"),
         ("SELECT user, count(DISTINCT amount) AS n FROM events GROUP BY user", "update", "wm", "\"table\"", "cannot be kept across micro-batches", "steps[3]"),
         ("SELECT session_window.start AS s, count(*) AS n FROM events GROUP BY session_window(ts, '1 minute')", "update", "wm", "\"table\"", "session window's start moves", "outputMode"),
+        ("SELECT window.start AS s, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), user", "update", "wm", "\"table\"", "select every GROUP BY column", "outputMode"),
     ];
     for (query, mode, watermark, load, says, path) in cases {
         let step = if watermark.is_empty() {
@@ -563,6 +692,36 @@ fn stateful_config_errors_are_reported_at_validate() {
         assert!(result.stderr.contains(says), "{says}: {}", result.stderr);
         assert!(result.stderr.contains(path), "{path}: {}", result.stderr);
         assert!(!result.stderr.contains("panicked"), "{}", result.stderr);
+    }
+    let dedup = |watermark: &str, checkpoint: &str| {
+        format!(
+            r#"{{"name": "bad", "mode": "streaming", {checkpoint} "steps": [
+            {{"type": "extract", "method": "fromFiles", "config": {{"path": "{input}", "format": "json", "streaming": true, "schema": "{SCHEMA}"}}}},
+            {watermark}
+            {{"type": "transform", "method": "deduplicate", "config": {{"columns": ["id"], "withinWatermark": true}}}},
+            {{"type": "load", "method": "toConsole"}}]}}"#,
+            input = input.display()
+        )
+    };
+    let with_watermark = r#"{"type": "transform", "method": "withWatermark", "config": {"column": "ts", "delay": "5 seconds"}},"#;
+    let checkpoint = format!(r#""checkpointLocation": "{}/ckpt","#, out.path().display());
+    for (config, says, path) in [
+        (
+            dedup("", &checkpoint),
+            "add a withWatermark step before",
+            "steps[1].config.withinWatermark",
+        ),
+        (
+            dedup(with_watermark, ""),
+            "keeps the keys it saw under checkpointLocation",
+            "checkpointLocation",
+        ),
+    ] {
+        let file = write_config(out.path(), "bad-dedup.json", &config);
+        let result = run(out.path(), &["validate", &file]);
+        assert_eq!(result.code, 2, "{says}: {}", result.stderr);
+        assert!(result.stderr.contains(says), "{says}: {}", result.stderr);
+        assert!(result.stderr.contains(path), "{path}: {}", result.stderr);
     }
     let no_schema = format!(
         r#"{{"name": "bad", "mode": "streaming", "steps": [

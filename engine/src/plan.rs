@@ -23,9 +23,12 @@ use crate::resume::{OpenedSource, OpenedTable};
 use crate::session::{new_session, RuntimeOptions};
 use crate::spec::StorageLevel;
 use crate::spec::{Mode, OutputMode, PipelineSpec, StepInfo, StepKind};
-use crate::state::aggregate::{key_columns, stream_aggregates, StatefulAggregate};
+use crate::state::aggregate::{
+    inline_views, key_columns, reads_stream, stream_aggregates, StatefulAggregate,
+};
+use crate::state::dedup::{Expiry, StatefulDedup};
 use crate::transform;
-use crate::transform::{late_data_load, Watermark, WITH_WATERMARK};
+use crate::transform::{late_data_load, Watermark, DEDUPLICATE, WITH_WATERMARK};
 
 /// A load step ready to run: its sink and the plan that feeds it.
 #[derive(Debug)]
@@ -100,6 +103,29 @@ pub(crate) trait Opening: Send {
         let _ = (load, ctx);
         Ok(input)
     }
+
+    /// The rows a stream's `deduplicate` passes on when its keys are kept
+    /// across micro-batches, as a table of their own (`None`: `frame`
+    /// unchanged, as in a batch run).
+    async fn deduplicate(
+        &mut self,
+        step: DedupStep<'_>,
+        frame: DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        let _ = (step, frame, ctx);
+        Ok(None)
+    }
+}
+
+/// A `deduplicate` step over a stream.
+pub(crate) struct DedupStep<'a> {
+    /// The step.
+    pub info: &'a StepInfo,
+    /// Its keys and when they expire.
+    pub dedup: StatefulDedup,
+    /// Every extract step opened for this run.
+    pub sources: &'a [OpenedSource],
 }
 
 /// A load fed by an aggregation over a stream.
@@ -237,7 +263,7 @@ impl Compiler<'_> {
             StepKind::Transform => {
                 let out = transform::apply(&self.out.ctx, info, input.map(|(_, df)| df)).await?;
                 let frame = self.watermark(info, out.frame).await?;
-                (frame, out.cache)
+                (self.deduplicate(info, frame).await?, out.cache)
             }
             StepKind::Load => return self.load(info, input).await,
         };
@@ -339,6 +365,54 @@ impl Compiler<'_> {
         Ok(frame)
     }
 
+    /// `frame`, as `deduplicate` step `info` passes it on in a stream: its
+    /// keys kept across micro-batches (other steps: unchanged).
+    async fn deduplicate(&mut self, info: &StepInfo, frame: DataFrame) -> Result<DataFrame> {
+        let over_stream = || -> Result<bool> {
+            Ok(reads_stream(
+                &inline_views(frame.logical_plan().clone())?,
+                &self.streams,
+            ))
+        };
+        if info.step.method != DEDUPLICATE || self.spec.mode != Mode::Streaming || !over_stream()? {
+            return Ok(frame);
+        }
+        let settings = transform::dedup(info, &frame)?;
+        let expiry = match (&self.watermark, settings.within_watermark) {
+            (None, true) => return Err(info.error("withinWatermark", "withinWatermark forgets a key once the watermark passes it: add a withWatermark step before this one")),
+            (Some(watermark), true) => {
+                if frame.schema().field_with_unqualified_name(&watermark.column).is_err() {
+                    return Err(info.error("withinWatermark", format!("the event-time column {} of the watermark is not among this step's input columns", watermark.column)));
+                }
+                let delay = i64::try_from(watermark.delay.as_micros()).unwrap_or(i64::MAX);
+                Expiry::After(watermark.column.clone(), delay)
+            }
+            (Some(watermark), false) if settings.keys.contains(&watermark.column) => {
+                Expiry::At(watermark.column.clone())
+            }
+            _ => Expiry::Never,
+        };
+        if self.spec.checkpoint_location.is_none() {
+            return Err(Error::config("checkpointLocation", Some(info.step.clone()), "a stream's deduplicate keeps the keys it saw under checkpointLocation (as in Spark); set it"));
+        }
+        let step = DedupStep {
+            info,
+            dedup: StatefulDedup {
+                keys: settings.keys,
+                expiry,
+            },
+            sources: &self.out.sources,
+        };
+        let ctx = self.out.ctx.clone();
+        match self.opening.deduplicate(step, frame.clone(), &ctx).await? {
+            Some(table) => {
+                self.streams.push(table.clone());
+                Ok(ctx.read_table(table)?)
+            }
+            None => Ok(frame),
+        }
+    }
+
     /// `input` of load `info`, with a streaming aggregation it holds kept
     /// across micro-batches; how its rows replace earlier ones. Checks
     /// what `validate` can: the output mode, the watermark, the checkpoint.
@@ -383,7 +457,7 @@ impl Compiler<'_> {
             OutputMode::Update => {
                 let keys = key_columns(input.logical_plan(), &aggregate.aggregate)?;
                 if keys.is_empty() {
-                    return Err(error("outputMode update merges the changed groups on their keys: select the GROUP BY columns (or window.start / window.end)".into()));
+                    return Err(error("outputMode update merges the changed groups on their keys: select every GROUP BY column (a window by window.start or window.end); on fewer keys the merge would fold groups together".into()));
                 }
                 Some(Rewrite::Merge(keys))
             }

@@ -38,11 +38,45 @@ struct ColumnsConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DeduplicateConfig {
     /// Key columns; all columns when absent.
     #[serde(default)]
     columns: Vec<String>,
+    /// In a stream, forget a key once the watermark passes its first row's
+    /// event time plus the delay (Spark's `dropDuplicatesWithinWatermark`).
+    #[serde(default)]
+    within_watermark: bool,
+}
+
+/// Name of the `deduplicate` method.
+pub(crate) const DEDUPLICATE: &str = "deduplicate";
+
+/// A `deduplicate` step's settings.
+pub(crate) struct Dedup {
+    /// The key columns (every column of the input when none are named).
+    pub keys: Vec<String>,
+    /// Whether keys are kept only within the watermark's delay.
+    pub within_watermark: bool,
+}
+
+/// The settings of `deduplicate` step `info` over `input`.
+pub(crate) fn dedup(info: &StepInfo, input: &DataFrame) -> Result<Dedup> {
+    let cfg: DeduplicateConfig = info.parse()?;
+    let keys = if cfg.columns.is_empty() {
+        input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    } else {
+        cfg.columns
+    };
+    Ok(Dedup {
+        keys,
+        within_watermark: cfg.within_watermark,
+    })
 }
 
 #[derive(Deserialize)]
@@ -159,7 +193,7 @@ const TRANSFORMS: [(&str, Method); 10] = [
     ("selectColumns", Method::Unary(select_columns)),
     ("dropColumns", Method::Unary(drop_columns)),
     ("renameColumns", Method::Unary(rename_columns)),
-    ("deduplicate", Method::Unary(deduplicate)),
+    (DEDUPLICATE, Method::Unary(deduplicate)),
     ("repartition", Method::Unary(repartition)),
     ("coalesce", Method::Unary(coalesce)),
     ("cache", Method::Unary(cache)),
@@ -299,7 +333,8 @@ fn rename_columns(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
     plain(frame)
 }
 
-/// `deduplicate`: one row per distinct key (all columns when none given).
+/// `deduplicate`: one row per distinct key (all columns when none given);
+/// a stream keeps the keys across micro-batches (see `state::dedup`).
 fn deduplicate(info: &StepInfo, input: DataFrame) -> Result<Transformed> {
     let cfg: DeduplicateConfig = info.parse()?;
     if cfg.columns.is_empty() {

@@ -39,7 +39,7 @@ use dataflow_engine::spec::StorageOptions;
 
 use super::source_order::{numbered, SOURCE_ORDER};
 use super::tombstones::{Tombstones, DELETED_AT};
-use super::{commit_properties, merge_report, writer_properties, GatedLogStore};
+use super::{commit_positions, commit_properties, merge_report, writer_properties, GatedLogStore};
 
 /// A change's sequence (`sequenceBy`), computed while merging.
 pub(super) const SEQUENCE: &str = "__sequence";
@@ -213,6 +213,7 @@ impl Merge {
             (latest, clauses)
         };
         let snapshot = table.snapshot()?.snapshot().clone();
+        let gate = ctx.gate.clone();
         let log_store = GatedLogStore::wrap(table.log_store(), ctx.gate);
         let (state, plan) = source.into_parts();
         let source = DataFrame::new(state.clone(), plan);
@@ -246,6 +247,11 @@ impl Merge {
                 .fold(i, |i, c| i.set(c.as_str(), column("source", c)))
         })?;
         let (merged, metrics) = builder.await?;
+        let merged = if merged.version() == table.version() && !ctx.marks.is_empty() {
+            commit_positions(table, gate, &ctx.marks).await?
+        } else {
+            merged
+        };
         merge_report(table, &merged, &metrics)
     }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
+use dataflow_engine::commit::CommitGate;
 use dataflow_engine::connector::{
     BoxError, InputError, LoadInput, Mark, Opened, Resume, Rewrite, Sink, SinkReport, Source,
     WriteContext,
@@ -25,13 +26,14 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionState;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::{normalize_for_delta, StructType};
 use deltalake::operations::merge::MergeMetrics;
 use deltalake::operations::write::{SchemaMode, WriteBuilder};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode as DeltaSaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use serde::Deserialize;
@@ -181,6 +183,14 @@ struct DeltaSink {
     /// saveMode merge's options.
     merge: Option<Merge>,
     storage: StorageOptions,
+    /// The table as last loaded, brought up to date from its new commits
+    /// only: a stream writes every few seconds, and replaying the log from
+    /// its last checkpoint each time costs more as the log grows.
+    loaded: tokio::sync::Mutex<Option<DeltaTable>>,
+    /// The table's version after this sink's last commit, and per app id
+    /// the position that batch reached: while the table is still at that
+    /// version, a batch starting there is not in the table yet.
+    committed: std::sync::Mutex<(Option<u64>, HashMap<String, i64>)>,
 }
 
 /// The effective saveMode: batch pipelines default to errorIfExists, streaming
@@ -291,12 +301,52 @@ pub(crate) fn sink(info: &StepInfo) -> dataflow_engine::Result<Arc<dyn Sink>> {
         save_mode,
         merge,
         storage: info.storage.clone(),
+        loaded: tokio::sync::Mutex::default(),
+        committed: std::sync::Mutex::default(),
     }))
 }
 
 impl DeltaSink {
     fn path(&self) -> &str {
         &self.config.path
+    }
+
+    /// The table's latest version, `None` when there is no table yet.
+    async fn latest(&self) -> Result<Option<DeltaTable>> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(table) = loaded.as_mut() {
+            if table.update_incremental(None).await.is_ok() {
+                return Ok(Some(table.clone()));
+            }
+        }
+        let table = open_existing(&self.storage, self.path(), None).await?;
+        loaded.clone_from(&table);
+        Ok(table)
+    }
+
+    /// Whether `table` is as this sink's last commit left it and the batch
+    /// of `ctx` starts where that commit ended, for every key it reads:
+    /// then the table cannot hold the batch.
+    fn continues_last_commit(&self, table: &DeltaTable, ctx: &WriteContext) -> bool {
+        let committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let (version, positions) = &*committed;
+        version.is_some()
+            && *version == table.version()
+            && ctx.marks.iter().all(|mark| {
+                let start = ctx.starts.iter().find(|s| s.app_id == mark.app_id);
+                start.is_some_and(|s| positions.get(&s.app_id) == Some(&s.version))
+            })
+    }
+
+    /// Records that the table, now at its latest version, holds the
+    /// positions up to `marks` (unknown version: the next batch checks).
+    async fn record_commit(&self, marks: &[Mark]) {
+        let version = self.latest().await.ok().flatten().and_then(|t| t.version());
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        committed.0 = version;
+        for mark in marks {
+            committed.1.insert(mark.app_id.clone(), mark.version);
+        }
     }
 
     /// Fails early, with a hint, when the input has columns the table lacks
@@ -358,9 +408,12 @@ impl DeltaSink {
     /// Writes `input` as saveMode says: skips a batch the table already
     /// holds, merges into an existing table, or writes a new version.
     async fn write_table(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport> {
-        let existing = open_existing(&self.storage, self.path(), None).await?;
+        let existing = self.latest().await?;
         if let Some(table) = &existing {
-            if !ctx.marks.is_empty() && self.holds_batch(table, &ctx).await? {
+            if !ctx.marks.is_empty()
+                && !self.continues_last_commit(table, &ctx)
+                && self.holds_batch(table, &ctx).await?
+            {
                 return self.skip_held_batch(table, ctx).await;
             }
         }
@@ -598,6 +651,28 @@ fn commit_properties(marks: &[Mark]) -> CommitProperties {
     )
 }
 
+/// Records `marks` in a commit of their own, holding no data: a batch whose
+/// merge changed nothing (delta-rs then makes no commit) still moves the
+/// table's positions, as every batch must.
+async fn commit_positions(
+    table: &DeltaTable,
+    gate: CommitGate,
+    marks: &[Mark],
+) -> Result<DeltaTable> {
+    let log_store = GatedLogStore::wrap(table.log_store(), gate);
+    let operation = DeltaOperation::Write {
+        mode: DeltaSaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    CommitBuilder::from(commit_properties(marks))
+        .build(Some(table.snapshot()?), log_store, operation)
+        .await?;
+    let mut after = table.clone();
+    after.update_incremental(None).await?;
+    Ok(after)
+}
+
 /// The summary of a MERGE from delta-rs's metrics: the rows inserted,
 /// updated and deleted, and the bytes of the files it added (those in
 /// `after` but not in `before`).
@@ -664,9 +739,10 @@ async fn report(table: &DeltaTable) -> Result<SinkReport> {
 #[async_trait]
 impl Sink for DeltaSink {
     async fn write(&self, input: DataFrame, ctx: WriteContext) -> Result<SinkReport, BoxError> {
+        let marks = ctx.marks.clone();
         let report = self.write_table(input, ctx).await?;
         if self.upkeep.optimize.is_some() || self.upkeep.vacuum.is_some() {
-            if let Some(table) = open_existing(&self.storage, self.path(), None).await? {
+            if let Some(table) = self.latest().await? {
                 let version = table.version().unwrap_or_default();
                 self.upkeep
                     .after_commit(
@@ -678,6 +754,7 @@ impl Sink for DeltaSink {
                     .await;
             }
         }
+        self.record_commit(&marks).await;
         Ok(report)
     }
 

@@ -92,7 +92,8 @@ fn has_stream_aggregate(plan: &LogicalPlan, streams: &[Arc<dyn TableProvider>]) 
     .unwrap_or(false)
 }
 
-fn reads_stream(plan: &LogicalPlan, streams: &[Arc<dyn TableProvider>]) -> bool {
+/// Whether `plan` scans one of `streams` (views not inlined).
+pub fn reads_stream(plan: &LogicalPlan, streams: &[Arc<dyn TableProvider>]) -> bool {
     plan.exists(|node| {
         let LogicalPlan::TableScan(scan) = node else {
             return Ok(false);
@@ -309,9 +310,8 @@ impl StatefulAggregate {
         let closed = watermark.and_then(|w| self.closed(&schema, w));
         let written = match (mode, &closed) {
             (OutputMode::Append, Some(closed)) => frame.clone().filter(closed.clone())?,
-            (OutputMode::Append, None) => {
-                return plan_err!("outputMode append needs a watermark over a GROUP BY key")
-            }
+            // No event time seen yet: every group is still open.
+            (OutputMode::Append, None) => frame.clone().filter(lit(false))?,
             (OutputMode::Update, _) => frame.clone().filter(col(TOUCHED))?,
             (OutputMode::Complete, _) => frame.clone(),
         };
@@ -485,17 +485,22 @@ fn keys_of(plan: &LogicalPlan, aggregate: &Aggregate) -> Option<Vec<String>> {
         ),
         LogicalPlan::Projection(projection) => {
             let inner = keys_of(&projection.input, aggregate)?;
-            let keys = projection
+            let (keys, refs): (Vec<String>, Vec<_>) = projection
                 .expr
                 .iter()
                 .zip(projection.schema.fields())
-                .filter(|(expr, _)| {
+                .filter_map(|(expr, field)| {
                     let refs = expr.column_refs();
-                    !refs.is_empty() && refs.iter().all(|c| inner.contains(&c.name))
+                    let key = !refs.is_empty() && refs.iter().all(|c| inner.contains(&c.name));
+                    key.then(|| (field.name().clone(), refs))
                 })
-                .map(|(_, field)| field.name().clone())
-                .collect();
-            Some(keys)
+                .unzip();
+            // Every group key must be told apart in the output, or a merge on
+            // the output's keys would fold groups together.
+            let covered = inner
+                .iter()
+                .all(|key| refs.iter().flatten().any(|c| &c.name == key));
+            Some(if covered { keys } else { Vec::new() })
         }
         LogicalPlan::Filter(_)
         | LogicalPlan::Sort(_)

@@ -3,5 +3,6 @@
 //! sinks under `checkpointLocation`.
 
 pub mod aggregate;
+pub mod dedup;
 pub mod event_time;
 pub mod store;

@@ -1,5 +1,6 @@
-//! Where a stream's state lives between micro-batches and restarts: one
-//! snapshot per committed batch under `<checkpointLocation>/state/`, an
+//! Where a stream's state lives between micro-batches and restarts: per
+//! stateful operator (an aggregation, a `deduplicate`), one snapshot per
+//! committed batch under `<checkpointLocation>/state/<operator>/`, an
 //! Arrow IPC file holding the state's rows, the watermark and the source
 //! positions the batch reached (the marks its sinks commit).
 //!
@@ -25,7 +26,7 @@ use crate::connector::Mark;
 use crate::error::{Error, Result};
 use crate::storage::Location;
 
-/// Snapshots kept besides the newest.
+/// Snapshots kept, the newest among them.
 const KEEP: usize = 3;
 const MARKS: &str = "dataflow.marks";
 const WATERMARK: &str = "dataflow.watermark";
@@ -45,16 +46,20 @@ pub struct Snapshot {
     pub schema: SchemaRef,
 }
 
-/// The snapshots of one stream under its checkpoint location.
+/// The snapshots of one stateful operator of a stream under its checkpoint
+/// location.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: Location,
 }
 
 impl StateStore {
-    /// The store under `checkpoint` (a local path or an object-store URL).
-    pub fn new(runtime: &RuntimeEnv, checkpoint: &str) -> Result<StateStore> {
-        let dir = Location::resolve(runtime, checkpoint)?.child("state");
+    /// The store of operator `part` under `checkpoint` (a local path or an
+    /// object-store URL).
+    pub fn new(runtime: &RuntimeEnv, checkpoint: &str, part: &str) -> Result<StateStore> {
+        let dir = Location::resolve(runtime, checkpoint)?
+            .child("state")
+            .child(part);
         Ok(StateStore { dir })
     }
 

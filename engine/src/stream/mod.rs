@@ -17,16 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::Mark;
 use crate::connector::{Registry, Resume, Sink, Source};
+use crate::error::StepRef;
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
-use crate::plan::{build_sink, build_source, Opening, StatefulLoad};
+use crate::plan::{build_sink, build_source, DedupStep, Opening, StatefulLoad};
 use crate::resume::{resume_with_log, OffsetLog, OpenedSource, OpenedTable};
 use crate::run::RunSummary;
 use crate::spec::{PipelineSpec, StepInfo, StepKind, Trigger};
 use crate::state::aggregate::{empty_state, replace_aggregate, state_table};
 use crate::state::event_time::{late, on_time, Tracker};
 use crate::state::store::{Snapshot, StateStore};
-use crate::transform::{Watermark, LATE_REASON};
+use crate::transform::{Watermark, DEDUPLICATE, LATE_REASON};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{col, lit, LogicalPlan};
@@ -61,18 +63,78 @@ struct StreamState {
 /// What a stateful stream keeps between micro-batches.
 #[derive(Default)]
 struct KeptState {
-    /// Loaded from the checkpoint (on the first batch with new data).
-    store: Option<StateStore>,
-    /// The state as of the last committed batch.
-    committed: Option<Snapshot>,
+    /// The names of the stream's stateful operators' parts (see
+    /// [`part_names`]).
+    names: Vec<String>,
+    /// The parts, by name, loaded from the checkpoint on the first batch
+    /// with new data.
+    parts: Option<HashMap<String, Part>>,
     /// The watermark the committed batches reached (µs).
     watermark: Option<i64>,
     /// The watermark's delay.
     delay: Duration,
     /// This batch's view of event time, when the pipeline has a watermark.
     tracker: Option<Arc<Tracker>>,
+}
+
+/// One stateful operator's state: its snapshots and the state as of the
+/// last committed batch.
+struct Part {
+    store: StateStore,
+    /// The state as of the last committed batch.
+    committed: Option<Snapshot>,
     /// The state once this batch commits.
     pending: Option<Snapshot>,
+}
+
+impl Part {
+    /// The committed state as a table of `schema`.
+    fn kept(&self, schema: SchemaRef) -> Result<Arc<MemTable>> {
+        Ok(match &self.committed {
+            Some(snapshot) => state_table(schema, snapshot.batches.clone())?,
+            None => empty_state(schema)?,
+        })
+    }
+
+    /// Writes the state after this batch (before any sink commits).
+    async fn stage(
+        &mut self,
+        state: DataFrame,
+        sources: &[OpenedSource],
+        watermark: Option<i64>,
+        step: &StepRef,
+    ) -> Result<()> {
+        let schema = Arc::new(state.schema().as_arrow().clone());
+        let batches = state.collect().await.map_err(|e| Error::step(step, e))?;
+        let snapshot = Snapshot {
+            sequence: self.committed.as_ref().map_or(0, |s| s.sequence) + 1,
+            marks: streaming(sources)
+                .flat_map(OpenedSource::reached)
+                .map(|m| (m.app_id, m.version))
+                .collect(),
+            watermark,
+            batches,
+            schema,
+        };
+        self.store.write(&snapshot).await?;
+        self.pending = Some(snapshot);
+        Ok(())
+    }
+}
+
+/// The state parts a stream of `spec` may have: one per load (its
+/// aggregation) and one per `deduplicate` step.
+fn part_names(spec: &PipelineSpec) -> Vec<String> {
+    spec.steps
+        .iter()
+        .filter_map(|info| match info.kind {
+            StepKind::Load => Some(format!("aggregate-{}", info.step.index)),
+            StepKind::Transform if info.step.method == DEDUPLICATE => {
+                Some(format!("deduplicate-{}", info.step.index))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl KeptState {
@@ -83,10 +145,9 @@ impl KeptState {
         sources: &[OpenedSource],
         ctx: &SessionContext,
     ) -> Result<()> {
-        let (None, Some(dir)) = (&self.store, checkpoint) else {
+        let (None, Some(dir)) = (&self.parts, checkpoint) else {
             return Ok(());
         };
-        let store = StateStore::new(&ctx.runtime_env(), dir)?;
         // Where every key resumes (the sinks' or the offset log's positions).
         let starts: Vec<Mark> = streaming(sources)
             .flat_map(|s| {
@@ -96,12 +157,30 @@ impl KeptState {
                 })
             })
             .collect();
-        if let Some(snapshot) = store.load(&starts).await? {
-            self.watermark = snapshot.watermark;
-            self.committed = Some(snapshot);
+        let mut parts = HashMap::new();
+        for name in &self.names {
+            let store = StateStore::new(&ctx.runtime_env(), dir, name)?;
+            let committed = store.load(&starts).await?;
+            if let Some(watermark) = committed.as_ref().and_then(|s| s.watermark) {
+                self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+            }
+            let part = Part {
+                store,
+                committed,
+                pending: None,
+            };
+            parts.insert(name.clone(), part);
         }
-        self.store = Some(store);
+        self.parts = Some(parts);
         Ok(())
+    }
+
+    /// The loaded part `name`.
+    fn part(&mut self, name: &str) -> &mut Part {
+        self.parts
+            .as_mut()
+            .and_then(|parts| parts.get_mut(name))
+            .expect("parts are loaded before use, one per stateful step")
     }
 
     /// The watermark after this batch: the greatest event time seen less
@@ -116,6 +195,14 @@ impl KeptState {
         }
     }
 
+    /// Rows behind the watermark are late from now on: a stateful
+    /// operator reads them.
+    fn activate(&self) {
+        if let Some(tracker) = &self.tracker {
+            tracker.activate();
+        }
+    }
+
     /// Runs `load`'s aggregation over this batch and the kept state; writes
     /// the new state's snapshot (before any sink commits) and returns the
     /// rows the output mode writes, in place of the aggregation.
@@ -125,45 +212,20 @@ impl KeptState {
         input: &DataFrame,
         ctx: &SessionContext,
     ) -> Result<LogicalPlan> {
-        if let Some(tracker) = &self.tracker {
-            tracker.activate();
-        }
+        self.activate();
         let aggregate = &load.aggregate;
         let partial = aggregate.partial()?;
         let schema = Arc::new(partial.schema().as_arrow().clone());
-        let kept = match &self.committed {
-            Some(snapshot) => state_table(schema, snapshot.batches.clone())?,
-            None => empty_state(schema)?,
-        };
+        let part = format!("aggregate-{}", load.info.step.index);
+        let kept = self.part(&part).kept(schema)?;
         let merged = DataFrame::new(ctx.state(), aggregate.merged(partial, kept)?);
-        let merged_schema = Arc::new(merged.schema().as_arrow().clone());
-        let merged = merged
-            .collect()
-            .await
-            .map_err(|e| Error::step(&load.info.step, e))?;
-        let merged = Arc::new(MemTable::try_new(merged_schema, vec![merged])?);
+        let merged = collected(merged, &load.info.step).await?;
         let watermark = self.watermark_after();
         let (written, kept) = aggregate.split(ctx, merged, load.mode, watermark)?;
         let kept = DataFrame::new(ctx.state(), kept);
-        let schema = Arc::new(kept.schema().as_arrow().clone());
-        let batches = kept
-            .collect()
-            .await
-            .map_err(|e| Error::step(&load.info.step, e))?;
-        let snapshot = Snapshot {
-            sequence: self.committed.as_ref().map_or(0, |s| s.sequence) + 1,
-            marks: streaming(load.sources)
-                .flat_map(OpenedSource::reached)
-                .map(|m| (m.app_id, m.version))
-                .collect(),
-            watermark,
-            batches,
-            schema,
-        };
-        if let Some(store) = &self.store {
-            store.write(&snapshot).await?;
-        }
-        self.pending = Some(snapshot);
+        self.part(&part)
+            .stage(kept, load.sources, watermark, &load.info.step)
+            .await?;
         Ok(replace_aggregate(
             input.logical_plan(),
             &aggregate.aggregate,
@@ -171,11 +233,37 @@ impl KeptState {
         )?)
     }
 
+    /// Runs `step`'s deduplication of this batch's `frame` against the
+    /// kept keys; writes the new state's snapshot and returns the rows it
+    /// passes on.
+    async fn deduplicate(
+        &mut self,
+        step: &DedupStep<'_>,
+        frame: DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<Arc<MemTable>> {
+        self.activate();
+        let dedup = &step.dedup;
+        let schema = dedup.state_schema(frame.schema().as_arrow())?;
+        let part = format!("deduplicate-{}", step.info.step.index);
+        let kept = self.part(&part).kept(schema)?;
+        let rows = dedup.new_rows(ctx, frame, kept.clone())?;
+        let rows = collected(rows, &step.info.step).await?;
+        let watermark = self.watermark_after();
+        let state = dedup.new_state(ctx, kept, ctx.read_table(rows.clone())?, watermark)?;
+        self.part(&part)
+            .stage(state, step.sources, watermark, &step.info.step)
+            .await?;
+        Ok(rows)
+    }
+
     /// The batch committed: its state is the state.
     fn advance(&mut self) {
-        if let Some(snapshot) = self.pending.take() {
-            self.watermark = snapshot.watermark;
-            self.committed = Some(snapshot);
+        for part in self.parts.iter_mut().flat_map(|parts| parts.values_mut()) {
+            if let Some(snapshot) = part.pending.take() {
+                self.watermark = self.watermark.max(snapshot.watermark);
+                part.committed = Some(snapshot);
+            }
         }
     }
 
@@ -183,6 +271,13 @@ impl KeptState {
     fn late_rows(&self) -> u64 {
         self.tracker.as_ref().map_or(0, |t| t.late_rows())
     }
+}
+
+/// `frame`'s rows, computed now, as a table.
+async fn collected(frame: DataFrame, step: &StepRef) -> Result<Arc<MemTable>> {
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.map_err(|e| Error::step(step, e))?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
 /// The streaming ones of `sources`.
@@ -259,9 +354,7 @@ impl Opening for StreamState {
         input: DataFrame,
         ctx: &SessionContext,
     ) -> Result<DataFrame> {
-        let new_data =
-            streaming(load.sources).any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)));
-        if !new_data {
+        if !has_new_data(load.sources) {
             return Ok(input);
         }
         self.state
@@ -270,6 +363,27 @@ impl Opening for StreamState {
         let plan = self.state.aggregate(&load, &input, ctx).await?;
         Ok(DataFrame::new(ctx.state(), plan))
     }
+
+    /// A batch with new data drops the rows whose keys were seen before.
+    async fn deduplicate(
+        &mut self,
+        step: DedupStep<'_>,
+        frame: DataFrame,
+        ctx: &SessionContext,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !has_new_data(step.sources) {
+            return Ok(None);
+        }
+        self.state
+            .load(self.checkpoint.as_deref(), step.sources, ctx)
+            .await?;
+        Ok(Some(self.state.deduplicate(&step, frame, ctx).await?))
+    }
+}
+
+/// Whether a streaming one of `sources` has rows beyond where it starts.
+fn has_new_data(sources: &[OpenedSource]) -> bool {
+    streaming(sources).any(|s| s.marks.iter().any(|(k, v)| s.start.get(k) != Some(v)))
 }
 
 /// µs since the epoch as an RFC 3339 time.
@@ -299,6 +413,10 @@ impl StreamState {
             micro_batch: spec.trigger != Trigger::Once,
             available_now: spec.trigger == Trigger::AvailableNow,
             checkpoint: spec.checkpoint_location.clone(),
+            state: KeptState {
+                names: part_names(spec),
+                ..KeptState::default()
+            },
             ..StreamState::default()
         }
     }
@@ -346,12 +464,17 @@ impl StreamState {
         resume.micro_batch = self.micro_batch;
         resume.until = self.until.get(&index).cloned().unwrap_or_default();
         if !catch_up.is_empty() {
-            // No per-trigger limit: the catch-up batch must end exactly there.
+            // No per-trigger limit and no other key (a file stream's new
+            // files): the catch-up batch must end exactly there.
             resume.micro_batch = false;
-            for (key, bound) in catch_up {
-                let until = resume.until.entry(key).or_insert(bound);
-                *until = (*until).min(bound);
-            }
+            let bounds = std::mem::take(&mut resume.until);
+            resume.until = catch_up
+                .into_iter()
+                .map(|(key, bound)| {
+                    let until = bounds.get(&key).map_or(bound, |b| (*b).min(bound));
+                    (key, until)
+                })
+                .collect();
         }
         let log = position.log.clone();
         let mut table = source.open(ctx, resume).await?;
