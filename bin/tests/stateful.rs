@@ -136,6 +136,31 @@ fn duckdb_windows(files: &[String], slide_s: i64, closed_by: Option<i64>) -> Vec
     lines
 }
 
+/// Starts the streaming pipeline `file` in the background, calls
+/// `meanwhile`, and SIGKILLs it `ms` milliseconds later.
+fn run_and_kill(out: &Path, file: &str, ms: u64, meanwhile: impl FnOnce()) {
+    let mut child = cli(out)
+        .args(["run", "-q", file])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    meanwhile();
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Runs `file` once more with its `trigger` made availableNow: the stream
+/// reads what is left and stops.
+fn drain(out: &Path, file: &str, trigger: &str) {
+    let drained = std::fs::read_to_string(file)
+        .unwrap()
+        .replace(trigger, "availableNow");
+    std::fs::write(file, drained).unwrap();
+    run(out, &["run", file]).assert_ok();
+}
+
 /// The watermark after `events`: the greatest event time less 5 s (µs).
 fn final_watermark(events: &[Event]) -> i64 {
     BASE_US + (events.iter().map(|e| e.ts_ms).max().unwrap() - 5000) * 1000
@@ -389,22 +414,10 @@ async fn a_stateful_kafka_stream_killed_over_and_over_ends_exact() {
     };
     let mut rng = Rng(99);
     for _ in 0..12 {
-        let mut child = cli(out.path())
-            .args(["run", "-q", &file])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        run_and_kill(out.path(), &file, 500 + rng.below(1500), || {});
     }
     producer.join().unwrap();
-    let drain = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("processingTime=200ms", "availableNow");
-    std::fs::write(&file, drain).unwrap();
-    run(out.path(), &["run", &file]).assert_ok();
+    drain(out.path(), &file, "processingTime=200ms");
 
     // Partitions read unevenly put some events behind the watermark: they
     // are in the late table, once; every other event is in its window, once.
@@ -450,22 +463,11 @@ async fn files_added_while_streaming_are_read_exactly_once() {
     std::fs::write(input.join(".partial.json"), json(&all[0]) + "\n").unwrap();
     let mut rng = Rng(5);
     for (round, chunk) in all.chunks(300).enumerate() {
-        let mut child = cli(out.path())
-            .args(["run", "-q", &file])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        write_files(&input, chunk, 100, round * 3);
-        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        run_and_kill(out.path(), &file, 300 + rng.below(900), || {
+            write_files(&input, chunk, 100, round * 3);
+        });
     }
-    let drain = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("processingTime=100ms", "availableNow");
-    std::fs::write(&file, drain).unwrap();
-    run(out.path(), &["run", &file]).assert_ok();
+    drain(out.path(), &file, "processingTime=100ms");
     let counts = delta_lines(
         &out.path().join("table"),
         None,
@@ -519,22 +521,11 @@ async fn deduplicate_in_a_stream_drops_repeats_across_batches_and_kills() {
         let file = write_config(out.path(), "dedup.json", &config);
         let mut rng = Rng(37);
         for (round, chunk) in sent.chunks(500).enumerate() {
-            let mut child = cli(out.path())
-                .args(["run", "-q", &file])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            write_files(&input, chunk, 100, round * 5);
-            std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            run_and_kill(out.path(), &file, 300 + rng.below(900), || {
+                write_files(&input, chunk, 100, round * 5);
+            });
         }
-        let drain = std::fs::read_to_string(&file)
-            .unwrap()
-            .replace("processingTime=100ms", "availableNow");
-        std::fs::write(&file, drain).unwrap();
-        run(out.path(), &["run", &file]).assert_ok();
+        drain(out.path(), &file, "processingTime=100ms");
         let n = original.len();
         let again = if within { 5 } else { 0 };
         let counts = delta_lines(
