@@ -247,7 +247,11 @@ impl Merge {
                 .fold(i, |i, c| i.set(c.as_str(), column("source", c)))
         })?;
         let (merged, metrics) = builder.await?;
-        let merged = if merged.version() == table.version() && !ctx.marks.is_empty() {
+        let moved = ctx.marks.iter().any(|mark| {
+            let start = ctx.starts.iter().find(|s| s.app_id == mark.app_id);
+            start.is_none_or(|s| s.version != mark.version)
+        });
+        let merged = if merged.version() == table.version() && moved {
             commit_positions(table, gate, &ctx.marks).await?
         } else {
             merged
