@@ -39,9 +39,9 @@ run again, the other cases go on. Prints median wall time, events/s and peak
 RSS per case and the ratios against the targets; exits 1 if any case failed
 or any output is wrong.
 """
-import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
-from common import find_binary, tansu_bin, timed
+from common import find_binary, start_tansu, timed
 
 ROW_GROUP = 122_880
 COLUMNS = "id, seq, op, name, amount, updated_at"
@@ -53,22 +53,6 @@ CASES = {
     "batch": "dataflow Parquet -> Delta merge",
     "duckdb": "DuckDB Parquet -> last per key",
 }
-
-
-def start_broker(work, parts):
-    """A tansu broker with in-memory storage on a free port and the topic `changes`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bootstrap = f"127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [tansu_bin(), "broker", "--listener-url", f"tcp://{bootstrap}", "--advertised-listener-url",
-         f"tcp://{bootstrap}", "--storage-engine", "memory://tansu/"],
-        stdout=open(os.path.join(work, "broker.log"), "w"), stderr=subprocess.STDOUT)
-    time.sleep(2)
-    subprocess.run([tansu_bin(), "topic", "create", "--broker", f"tcp://{bootstrap}", "--partitions",
-                    str(parts), "changes"], check=True, stdout=subprocess.DEVNULL)
-    return broker, bootstrap
 
 
 def write_config(work, name, steps, streaming):
@@ -162,7 +146,7 @@ def main():
         sys.exit(f"no {find_binary()}: cargo build --release --bin run-pipeline")
     streaming = bool({"append", "merge"} & set(cases))
     work = tempfile.mkdtemp(prefix="dataflow-merge-bench-")
-    broker, bootstrap = start_broker(work, args.parts) if streaming else (None, "")
+    broker, bootstrap = start_tansu(work, "changes", args.parts) if streaming else (None, "")
     try:
         start = time.perf_counter()
         gen = subprocess.run([py, os.path.abspath(__file__), "--peer", "generate", bootstrap, str(args.events),
